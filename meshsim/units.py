@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 __all__ = [
     "Duration",
@@ -175,15 +175,38 @@ def _check_probability(x: Any) -> float:
 
 
 _dur_ser = PlainSerializer(format_duration, return_type=str, when_used="json-unless-none")
+_DUR_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": r"^\s*[0-9.eE+-]+\s*(ns|us|µs|ms|s|min|m|h)?\s*$"},
+            {"type": "number"},
+        ],
+        "description": "A duration: 250ms, 1.5s, 2m, 1h (a bare number is seconds).",
+    }
+)
+_RATE_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [{"type": "string"}, {"type": "number"}],
+        "description": "A rate: 400/s, 1200/m (a bare number is per second).",
+    }
+)
+_PROB_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string"}],
+        "description": "A probability in [0, 1], or a percentage such as 5%.",
+    }
+)
 
 #: Any duration, float seconds inside; serialised back to a string such as ``250ms``.
-Duration = Annotated[float, BeforeValidator(parse_duration), _dur_ser]
+Duration = Annotated[float, BeforeValidator(parse_duration), _dur_ser, _DUR_SCHEMA]
 #: A duration >= 0.
 NonNegDuration = Annotated[
-    float, BeforeValidator(lambda v: _check_non_negative(parse_duration(v))), _dur_ser
+    float, BeforeValidator(lambda v: _check_non_negative(parse_duration(v))), _dur_ser, _DUR_SCHEMA
 ]
 #: A duration > 0.
-PosDuration = Annotated[float, BeforeValidator(lambda v: _check_positive(parse_duration(v))), _dur_ser]
+PosDuration = Annotated[
+    float, BeforeValidator(lambda v: _check_positive(parse_duration(v))), _dur_ser, _DUR_SCHEMA
+]
 
 
 def _positive_rate(v: Any) -> float:
@@ -205,14 +228,16 @@ Rate = Annotated[
     float,
     BeforeValidator(_positive_rate),
     PlainSerializer(format_rate, return_type=str, when_used="json-unless-none"),
+    _RATE_SCHEMA,
 ]
 #: A rate >= 0 (a step of a rate profile may be zero).
 NonNegRate = Annotated[
     float,
     BeforeValidator(_non_negative_rate),
     PlainSerializer(format_rate, return_type=str, when_used="json-unless-none"),
+    _RATE_SCHEMA,
 ]
 #: A probability in [0, 1]; ``"5%"`` is accepted too.
-Probability = Annotated[float, BeforeValidator(_check_probability)]
+Probability = Annotated[float, BeforeValidator(_check_probability), _PROB_SCHEMA]
 #: A percentage, ``"99.9%"`` or ``99.9``.
 Percent = Annotated[float, BeforeValidator(parse_percent)]
