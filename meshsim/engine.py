@@ -1,0 +1,421 @@
+"""The engine: builds the pods and proxies of a scenario on a SimPy ``Environment`` and moves
+requests through them with event callbacks.
+
+Lifecycle (named as desmod names it): *elaborate* (build pods, proxies and clients from the
+scenario), *simulate* (``env.run``), *collect* (records become DataFrames once, in
+:mod:`meshsim.result`).
+
+Why callbacks and not a process per hop: a SimPy process costs 3–4 events per hop, while a request
+moved by continuations costs one event per delay; measured on this project's 3-tier chain, that is
+5.5–5.9× faster (``../shared/design.md``). A hop is therefore: the caller's proxy picks a host
+(:mod:`meshsim.sidecar`), one event for the request leg (network + proxy overhead), the callee pod
+works (:mod:`meshsim.service`), one event for the response leg, and a record row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from heapq import heappush
+from typing import Any
+
+import numpy as np
+import simpy
+
+from . import rng as rng_mod
+from .distributions import Constant
+from .result import Result
+from .scenario import BurstyErrors, Call, Scenario
+from .service import GatewayPod, Pod, bursty_state
+from .sidecar import Cluster
+from .workload import ClientDriver
+
+__all__ = ["Attempt", "Engine", "simulate"]
+
+_NORMAL = 1  # simpy.events.NORMAL: ordinary (not urgent) event priority
+_NAN = float("nan")
+
+
+class _Callback:
+    """The least a SimPy ``Environment.step`` needs of an event: ``callbacks``, ``_ok`` and the
+    ``_value`` the callback reads. A slotted object instead of a full ``simpy.Event`` saves an
+    instance dict per scheduled delay, and that is most of the events a run makes."""
+
+    __slots__ = ("_value", "callbacks")
+    _ok = True
+
+
+class Attempt:
+    """One attempt of one hop: a row of the ``requests`` table while it is in flight."""
+
+    __slots__ = (
+        "client",
+        "cluster",
+        "dest",
+        "failed",
+        "flags",
+        "host",
+        "hostidx",
+        "optional",
+        "parent",
+        "pending",
+        "req",
+        "route_to",
+        "source",
+        "span",
+        "status",
+        "step",
+        "t_arrive",
+        "t_begin",
+        "t_reply",
+        "t_start",
+    )
+
+
+class Names:
+    """Interning table: name -> small integer code, in order of first use."""
+
+    def __init__(self, first: list[str] | None = None):
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        for name in first or []:
+            self.code(name)
+
+    def code(self, name: str) -> int:
+        if name not in self._index:
+            self._index[name] = len(self.names)
+            self.names.append(name)
+        return self._index[name]
+
+
+class Engine:
+    """Builds and runs one simulation of a :class:`~meshsim.scenario.Scenario`.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    seed : int or numpy.random.SeedSequence
+        Root of every random stream of the run.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int | np.random.SeedSequence):
+        self.scenario = scenario
+        self.seed = seed
+        self.env = simpy.Environment()
+        self.horizon = scenario.duration
+        self.streams = rng_mod.Streams(seed)
+        self.records: list[tuple] = []
+        self._span = 0
+        self._req = 0
+        self._queue = self.env._queue
+        self._eid = self.env._eid
+        self.arrive_cb = (self._arrive,)
+        self.respond_cb = (self._respond,)
+        self.clients: list[ClientDriver] = []
+        self.pods: dict[str, list[Any]] = {}
+        self._samplers: dict[str, Callable[[], float]] = {}
+        # Records hold small integer codes; the names become categories when collected.
+        self.nodes = Names(["client"])
+        self.hosts = Names()
+        self.client_names = Names()
+        self.flag_names = Names(["-"])
+        self._elaborate()
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def later(self, delay: float, callbacks: tuple[Callable[[Any], None]], value: Any) -> None:
+        """Call ``fn(event)`` for each ``fn`` of ``callbacks`` after ``delay`` seconds, with
+        ``event._value`` set to ``value``.
+
+        This is ``env.schedule`` of a bare, already-triggered event, inlined: it is the one call
+        every hop makes several times. Callers pass a prebuilt 1-tuple (see :func:`callback`) so
+        that no container is allocated per event; SimPy only iterates over it.
+        """
+        ev = _Callback()
+        ev.callbacks = callbacks
+        ev._value = value
+        heappush(self._queue, (self.env._now + delay, _NORMAL, next(self._eid), ev))
+
+    # ---- the hop -----------------------------------------------------------------------------
+
+    def start_request(self, client: ClientDriver) -> None:
+        """An end-user request of ``client`` leaves the client now."""
+        a = Attempt()
+        a.req = self._req
+        self._req += 1
+        a.client = client
+        a.parent = None
+        a.source = 0  # code of "client"
+        self._launch(a, client.cluster, False)
+
+    def send(self, parent: Attempt, cluster: Cluster, optional: bool) -> None:
+        """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy."""
+        a = Attempt()
+        a.req = parent.req
+        a.client = parent.client
+        a.parent = parent
+        a.source = parent.host.service
+        self._launch(a, cluster, optional)
+
+    def _launch(self, a: Attempt, cluster: Cluster, optional: bool) -> None:
+        self._span += 1
+        a.span = self._span
+        a.optional = optional
+        a.cluster = cluster
+        a.dest = cluster.code
+        a.route_to = cluster.route_to
+        idx = cluster.pick()
+        a.hostidx = idx
+        a.host = cluster.hosts[idx]
+        cluster.active[idx] += 1
+        a.failed = False
+        a.flags = 0  # code of "-"
+        a.t_start = self.env._now
+        a.t_arrive = a.t_begin = a.t_reply = _NAN
+        self.later(cluster.out_delay(), self.arrive_cb, a)
+
+    def _arrive(self, ev: Any) -> None:
+        a = ev._value
+        a.t_arrive = self.env._now
+        a.host.arrive(a)
+
+    def reply(self, a: Attempt, status: int) -> None:
+        """The callee of ``a`` answers ``status`` now; the answer travels back to the caller."""
+        a.status = status
+        a.t_reply = self.env._now
+        self.later(a.cluster.back_delay(), self.respond_cb, a)
+
+    def _respond(self, ev: Any) -> None:
+        a = ev._value
+        a.cluster.active[a.hostidx] -= 1
+        parent = a.parent
+        self.records.append((
+            a.req, a.span, parent.span if parent is not None else 0, a.client.code, a.source,
+            a.dest, a.host.code, 1, a.t_start, self.env._now, a.status, a.flags, 0,
+            a.t_arrive, a.t_begin, a.t_reply,
+        ))
+        if parent is None:
+            a.client.done(a)
+        else:
+            parent.host.child_done(parent, a)
+
+    def in_flight(self) -> list[Attempt]:
+        """Attempts not answered yet, found from what the simulation still holds.
+
+        An unanswered attempt is travelling (a scheduled event carries it), waiting in a pod's
+        queue, being worked on (its work event is scheduled), or waiting for its own downstream
+        calls, one of which is then in one of these states: so walking up the parents of the
+        first three finds them all, without any bookkeeping in the hot path.
+        """
+        found: dict[int, Attempt] = {}
+        seeds = [item[3]._value for item in self._queue]
+        seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
+        for a in seeds:
+            while isinstance(a, Attempt) and a.span not in found:
+                found[a.span] = a
+                a = a.parent
+        return sorted(found.values(), key=lambda a: a.span)
+
+    # ---- elaborate -----------------------------------------------------------------------------
+
+    def _elaborate(self) -> None:
+        sc = self.scenario
+        streams = self.streams
+        for name, svc in sc.services.items():
+            latency = self._sampler(f"latency:{name}", svc.latency)
+            pods = []
+            for i in range(svc.replicas):
+                pod_name = f"{name}-{i}"
+                error = self._error_fn(f"{name}:{pod_name}", f"errors:{name}", svc.errors)
+                pod = Pod(self, pod_name, svc.workers, svc.queue, latency, error,
+                          svc.downstream_error_status)
+                pod.service = self.nodes.code(name)
+                pod.code = self.hosts.code(pod_name)
+                pods.append(pod)
+            self.pods[name] = pods
+        for name, ext in sc.external_services.items():
+            latency = self._sampler(f"latency:{name}", ext.latency)
+            error = self._error_fn(name, f"errors:{name}", ext.errors)
+            host = Pod(self, name, ext.concurrency or float("inf"), None, latency, error)
+            host.service = self.nodes.code(name)
+            host.code = self.hosts.code(name)
+            self.pods[name] = [host]
+        self._gateways("ingress", sc.mesh.ingress_gateway.replicas)
+        if sc.mesh.egress_gateway is not None:
+            self._gateways("egress", sc.mesh.egress_gateway.replicas)
+            for gw in self.pods["egress"]:
+                gw.routes = {ext: self._cluster(gw.name, "egress", ext)
+                             for ext in sc.external_services}
+        entries = dict.fromkeys(cl.entry for cl in sc.workload if cl.via_ingress)
+        for gw in self.pods["ingress"]:
+            gw.routes = {entry: self._cluster(gw.name, "ingress", entry) for entry in entries}
+        for name, svc in sc.services.items():
+            uniform = None
+            if any(c.probability < 1.0 for step in svc.calls for c in _calls(step)):
+                uniform = streams.uniform(f"calls:{name}")
+            for pod in self.pods[name]:
+                clusters: dict[str, Cluster] = {}
+                steps = []
+                for step in svc.calls:
+                    calls = tuple(
+                        (clusters.setdefault(c.to, self._cluster(pod.name, name, c.to)),
+                         c.probability, c.optional)
+                        for c in _calls(step)
+                    )
+                    steps.append((not isinstance(step, Call), calls))
+                pod.steps = tuple(steps)
+                pod.uniform = uniform
+        for cl in sc.workload:
+            if cl.via_ingress:
+                gws = self.pods["ingress"]
+                entry = Cluster("ingress", self.nodes.code("ingress"), gws, "RANDOM",
+                                streams.uniform(f"gateway:{cl.client}") if len(gws) > 1 else None,
+                                self._net("client", "ingress"), self._net("client", "ingress"),
+                                route_to=cl.entry)
+            else:
+                entry = self._cluster(f"client:{cl.client}", "client", cl.entry)
+            arrival = cl.arrival
+            think = (self._sampler(f"think:{cl.client}", arrival.think_time)
+                     if arrival.kind == "closed" else None)
+            driver = ClientDriver(
+                self, cl.client, self.client_names.code(cl.client), arrival, entry,
+                streams.sampler(f"arrivals:{cl.client}", _standard_exponential),
+                streams.uniform(f"thinning:{cl.client}"), think,
+            )
+            self.clients.append(driver)
+
+    def _gateways(self, kind: str, replicas: int) -> None:
+        pods = []
+        for i in range(replicas):
+            gw = GatewayPod(self, f"{kind}-{i}")
+            gw.service = self.nodes.code(kind)
+            gw.code = self.hosts.code(gw.name)
+            pods.append(gw)
+        self.pods[kind] = pods
+
+    def _cluster(self, proxy: str, source: str, dest: str) -> Cluster:
+        """The cluster ``dest`` as seen by the proxy of pod ``proxy`` (of service ``source``)."""
+        sc = self.scenario
+        via_egress = sc.mesh.egress_gateway is not None and source != "egress"
+        if dest in sc.external_services and via_egress:
+            hosts, label, route_to = self.pods["egress"], "egress", dest
+        else:
+            hosts, label, route_to = self.pods[dest], dest, None
+        policy = sc.lb_policy(label)
+        uniform = self.streams.uniform(f"lb:{proxy}->{label}") if len(hosts) > 1 else None
+        # The hop overhead is that of two proxies; a hop with a proxy at one end only (a client
+        # without a sidecar, an external host) pays the network alone.
+        mesh_hop = source != "client" and label not in sc.external_services
+        out = self._hop_out(source, label, mesh_hop)
+        return Cluster(label, self.nodes.code(label), hosts, policy, uniform, out,
+                       self._net(source, label), route_to)
+
+    # ---- random variates --------------------------------------------------------------------
+
+    def _sampler(self, name: str, dist: Any) -> Callable[[], float]:
+        if isinstance(dist, Constant):
+            return rng_mod.constant(dist.value)
+        return self.streams.sampler(name, dist.sample)
+
+    def _net(self, source: str, dest: str) -> Callable[[], float]:
+        """One-way network latency of the edge ``source -> dest`` (shared by all its pods)."""
+        key = f"network:{source}->{dest}"
+        if key not in self._samplers:
+            self._samplers[key] = self._sampler(key, self.scenario.network.latency)
+        return self._samplers[key]
+
+    def _hop_out(self, source: str, dest: str, mesh_hop: bool) -> Callable[[], float]:
+        """Delay of the request leg: network, plus both proxies' overhead on a mesh hop."""
+        net = self._net(source, dest)
+        if not mesh_hop:
+            return net
+        key = f"overhead:{source}->{dest}"
+        if key not in self._samplers:
+            self._samplers[key] = self._sampler(key, self.scenario.mesh.sidecar.hop_overhead)
+        over = self._samplers[key]
+        return lambda: net() + over()
+
+    def _error_fn(self, state_name: str, stream: str, errors: Any) -> Callable[[], int] | None:
+        if errors is None:
+            return None
+        status = errors.status
+        if isinstance(status, dict):
+            codes = list(status)
+            cum = np.cumsum(list(status.values()))
+            cum = (cum / cum[-1]).tolist()
+            pick_u = self._shared_uniform(f"status:{stream}")
+
+            def pick_status() -> int:
+                u = pick_u()
+                for code, c in zip(codes, cum, strict=True):
+                    if u < c:
+                        return code
+                return codes[-1]
+        else:
+            code = status
+
+            def pick_status() -> int:
+                return code
+
+        u = self._shared_uniform(stream)
+        if isinstance(errors, BurstyErrors):
+            rate = bursty_state(
+                lambda: self.env._now, errors.mean_good, errors.mean_bad, errors.rate_good,
+                errors.rate_bad,
+                self.streams.sampler(f"bursty:{state_name}", _standard_exponential),
+                self.streams.uniform(f"bursty-start:{state_name}"),
+            )
+            return lambda: pick_status() if u() < rate() else 0
+        p = errors.rate
+        return lambda: pick_status() if u() < p else 0
+
+    def _shared_uniform(self, name: str) -> Callable[[], float]:
+        if name not in self._samplers:
+            self._samplers[name] = self.streams.uniform(name)
+        return self._samplers[name]
+
+    # ---- simulate ----------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[float], None] | None = None) -> Result:
+        """Run to the scenario's duration and collect the results."""
+        wall = time.perf_counter()
+        for driver in self.clients:
+            driver.start()
+        if progress is None:
+            self.env.run(until=self.horizon)
+        else:
+            chunks = 100
+            for k in range(1, chunks + 1):
+                self.env.run(until=self.horizon * k / chunks)
+                progress(self.env.now)
+        sim_wall = time.perf_counter() - wall
+        return Result.collect(self, sim_wall)
+
+
+def _standard_exponential(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_exponential(n)
+
+
+def _calls(step: Any) -> list[Call]:
+    return [step] if isinstance(step, Call) else list(step.parallel)
+
+
+def simulate(
+    scenario: Scenario,
+    seed: int | np.random.SeedSequence | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Run ``scenario`` once.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    seed : int or numpy.random.SeedSequence, optional
+        Overrides ``scenario.seed``.
+    progress : callable, optional
+        Called with the simulated time, 100 times during the run.
+    """
+    if seed is not None and not isinstance(seed, np.random.SeedSequence):
+        scenario = scenario.model_copy(update={"seed": int(seed)})
+    root = seed if isinstance(seed, np.random.SeedSequence) else scenario.seed
+    return Engine(scenario, root).run(progress)

@@ -1,0 +1,185 @@
+"""The results of one run: plain record rows turned into pandas DataFrames once, at the end."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .scenario import Scenario
+
+__all__ = ["EVENT_COLUMNS", "REQUEST_COLUMNS", "Result"]
+
+#: Columns of :attr:`Result.requests`, in order (the first 13 are the public contract).
+REQUEST_COLUMNS = (
+    "request_id",
+    "span_id",
+    "parent_span_id",
+    "client",
+    "source",
+    "destination",
+    "host",
+    "attempt",
+    "t_start",
+    "t_end",
+    "status",
+    "flags",
+    "shadow",
+    "t_arrive",
+    "t_begin",
+    "t_reply",
+)
+_CATEGORIES = ("client", "source", "destination", "host", "flags")
+
+#: Columns of :attr:`Result.events`.
+EVENT_COLUMNS = ("t", "kind", "source", "destination", "host", "detail")
+
+
+@dataclass
+class Result:
+    """What one simulation produced.
+
+    Attributes
+    ----------
+    scenario : Scenario
+        The scenario that ran, with the seed actually used.
+    requests : pandas.DataFrame
+        One row per attempt per hop that got an answer, in the order answers arrived:
+
+        ``request_id``
+            the end-user request (0, 1, ... in order of arrival);
+        ``span_id``, ``parent_span_id``
+            this attempt and the attempt whose work made it (0 for the client's own request);
+        ``client``
+            the workload client that sent the end-user request;
+        ``source``, ``destination``
+            caller and callee: a service, ``client``, ``ingress``, ``egress`` or an external host;
+        ``host``
+            the pod that got the attempt (``cart-1``, ``ingress-0``, or the external host);
+        ``attempt``
+            1 for the first try (retries count up);
+        ``t_start``, ``t_end``
+            seconds of simulated time when the caller sent the request and got the answer;
+        ``status``
+            the HTTP status the caller saw (0 when no response);
+        ``flags``
+            Envoy response flags (``UO``, ``URX,UT``, ...) or ``-``;
+        ``shadow``
+            true for mirrored traffic;
+        ``t_arrive``, ``t_begin``, ``t_reply``
+            when the request reached the callee, when a worker took it, and when the callee
+            answered (NaN where it never happened, e.g. ``t_begin`` of a request its full queue
+            refused). Queue wait is ``t_begin - t_arrive``.
+    in_flight : pandas.DataFrame
+        Attempts still unanswered at the end of the run; same columns, ``t_end`` NaN, status 0.
+    events : pandas.DataFrame
+        State changes of policies (ejections, breaker transitions, ...), columns
+        :data:`EVENT_COLUMNS`; empty when no policy changed state.
+    meta : dict
+        Seed, duration, warm-up, arrivals per client, versions and wall-clock time.
+    """
+
+    scenario: Scenario
+    requests: pd.DataFrame
+    in_flight: pd.DataFrame
+    events: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def collect(cls, engine: Engine, sim_wall: float) -> Result:
+        """Build the frames from an engine that has finished running."""
+        import importlib.metadata as md
+
+        names = {
+            "client": engine.client_names.names,
+            "source": engine.nodes.names,
+            "destination": engine.nodes.names,
+            "host": engine.hosts.names,
+            "flags": engine.flag_names.names,
+        }
+        requests = _frame(engine.records, names)
+        now = engine.env.now
+        open_rows = [
+            (a.req, a.span, a.parent.span if a.parent is not None else 0, a.client.code, a.source,
+             a.dest, a.host.code, 1, a.t_start, np.nan, 0, a.flags, 0, a.t_arrive, a.t_begin,
+             a.t_reply)
+            for a in engine.in_flight()
+        ]
+        in_flight = _frame(open_rows, names)
+        events = pd.DataFrame({c: pd.Series(dtype="float64" if c == "t" else "object")
+                               for c in EVENT_COLUMNS})
+        sc = engine.scenario
+        meta = {
+            "scenario": sc.name,
+            "seed": sc.seed,
+            "duration": sc.duration,
+            "warmup": sc.warmup,
+            "end_time": now,
+            "arrivals": {d.name: d.arrivals for d in engine.clients},
+            "completed": {d.name: d.completed for d in engine.clients},
+            "wall_seconds": sim_wall,
+            "meshsim": md.version("meshsim") if _installed("meshsim") else "unknown",
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "platform": platform.platform(),
+        }
+        return cls(sc, requests, in_flight, events, meta)
+
+    @cached_property
+    def timeseries(self) -> pd.DataFrame:
+        """Per second and per service; see :func:`meshsim.metrics.timeseries` for the columns."""
+        return metrics.timeseries(self.requests, self.in_flight, self.meta["end_time"], 1.0)
+
+    def summary(self) -> pd.DataFrame:
+        """The headline figures after warm-up; see :func:`meshsim.metrics.summary`."""
+        sc = self.scenario
+        order = ["ingress", *sc.services, "egress", *sc.external_services]
+        workers = {name: float(s.replicas * s.workers) for name, s in sc.services.items()}
+        workers.update({name: float(e.concurrency) for name, e in sc.external_services.items()
+                        if e.concurrency is not None})
+        return metrics.summary(self.requests, self.in_flight, self.meta, order, workers)
+
+    def end_to_end(self) -> pd.DataFrame:
+        """The client-facing rows: one per finished end-user request."""
+        return self.requests[self.requests["parent_span_id"] == 0]
+
+
+def _frame(rows: list[tuple], names: dict[str, list[str]]) -> pd.DataFrame:
+    """Rows of numbers (names as integer codes) to the requests frame.
+
+    Every field of a row is a number, so numpy converts the whole list in one C pass; float64
+    holds the integer fields exactly (ids stay far below 2**53).
+    """
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(REQUEST_COLUMNS))
+    data: dict[str, Any] = {}
+    for i, name in enumerate(REQUEST_COLUMNS):
+        col = table[:, i]
+        if name in _CATEGORIES:
+            data[name] = pd.Categorical.from_codes(col.astype(np.int64), categories=names[name])
+        elif name in ("request_id", "span_id", "parent_span_id", "attempt", "status"):
+            data[name] = col.astype(np.int64)
+        elif name == "shadow":
+            data[name] = col.astype(bool)
+        else:
+            data[name] = col
+    return pd.DataFrame(data, columns=list(REQUEST_COLUMNS))
+
+
+def _installed(dist: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        return False
+    return True

@@ -1,0 +1,205 @@
+"""Pods: the places where requests are worked on (service pods, gateway pods, external hosts).
+
+A pod is driven by the engine through two methods: ``arrive(attempt)`` when a request reaches it,
+and ``child_done(attempt, child)`` when one of the downstream calls it made has answered. It
+answers by calling ``engine.reply(attempt, status)``. Everything here runs in the hot path, so it
+is written as plain attribute access on ``__slots__`` objects with no per-request allocation
+beyond the attempt itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import Attempt, Engine
+
+__all__ = ["GatewayPod", "Pod", "bursty_state"]
+
+INF = float("inf")
+
+
+class Pod:
+    """A service pod (or an external host) with a FIFO worker pool.
+
+    Parameters
+    ----------
+    engine : Engine
+    name : str
+        Host name written in request records, e.g. ``cart-1``.
+    workers : int or float
+        Concurrent requests; ``inf`` for an external host without a concurrency limit.
+    queue : int or None
+        Waiting room; ``None`` is unbounded. A request that finds it full is answered 503 at once.
+    latency : callable
+        ``latency() -> float`` seconds of the pod's own work per request.
+    error : callable or None
+        ``error() -> int``: the status of a failed request, or 0 when the request succeeds.
+    downstream_error_status : int
+        Status answered when a required downstream call fails.
+    """
+
+    __slots__ = (
+        "busy",
+        "code",
+        "downstream_error_status",
+        "engine",
+        "error",
+        "latency",
+        "name",
+        "qcap",
+        "queue",
+        "service",
+        "steps",
+        "uniform",
+        "worked",
+        "workers",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        workers: float,
+        queue: int | None,
+        latency: Callable[[], float],
+        error: Callable[[], int] | None,
+        downstream_error_status: int = 500,
+    ):
+        self.engine = engine
+        self.name = name
+        self.workers = workers
+        self.qcap = INF if queue is None else queue
+        self.queue: deque[Attempt] = deque()
+        self.busy = 0
+        self.latency = latency
+        self.error = error
+        self.downstream_error_status = downstream_error_status
+        # steps: tuple of (is_parallel, ((cluster, probability, optional), ...)); set by the
+        # engine once every pod exists, because clusters point at other pods.
+        self.steps: tuple[tuple[bool, tuple[tuple[Any, float, bool], ...]], ...] = ()
+        self.uniform: Callable[[], float] | None = None
+        self.worked = (self._worked,)  # built once: it is scheduled for every request
+
+    # -- arrival and the worker pool ----------------------------------------------------------
+
+    def arrive(self, a: Attempt) -> None:
+        if self.busy < self.workers:
+            self._start(a)
+        elif len(self.queue) < self.qcap:
+            self.queue.append(a)
+        else:
+            # The app's own bounded queue is full: it answers 503 without doing any work.
+            self.engine.reply(a, 503)
+
+    def _start(self, a: Attempt) -> None:
+        self.busy += 1
+        eng = self.engine
+        a.t_begin = eng.env._now
+        eng.later(self.latency(), self.worked, a)
+
+    def _worked(self, ev: Any) -> None:
+        a = ev._value
+        error = self.error
+        if error is not None:
+            status = error()
+            if status:
+                self._finish(a, status)
+                return
+        a.step = 0
+        self._next_step(a)
+
+    # -- downstream calls -----------------------------------------------------------------------
+
+    def _next_step(self, a: Attempt) -> None:
+        steps = self.steps
+        i = a.step
+        n = len(steps)
+        send = self.engine.send
+        while i < n:
+            parallel, calls = steps[i]
+            i += 1
+            if not parallel:
+                cluster, p, optional = calls[0]
+                if p < 1.0 and self.uniform() >= p:
+                    continue
+                a.step = i
+                a.pending = 1
+                send(a, cluster, optional)
+                return
+            chosen = [c for c in calls if c[1] >= 1.0 or self.uniform() < c[1]]
+            if not chosen:
+                continue
+            a.step = i
+            a.pending = len(chosen)
+            for cluster, _, optional in chosen:
+                send(a, cluster, optional)
+            return
+        self._finish(a, 200)
+
+    def child_done(self, a: Attempt, child: Attempt) -> None:
+        status = child.status
+        if not 200 <= status < 400 and not child.optional:
+            a.failed = True
+        a.pending -= 1
+        if a.pending == 0:
+            if a.failed:
+                self._finish(a, self.downstream_error_status)
+            else:
+                self._next_step(a)
+
+    def _finish(self, a: Attempt, status: int) -> None:
+        self.busy -= 1
+        if self.queue:
+            self._start(self.queue.popleft())
+        self.engine.reply(a, status)
+
+
+class GatewayPod:
+    """An ingress or egress gateway pod: an Envoy that forwards without a worker limit."""
+
+    __slots__ = ("code", "engine", "name", "routes", "service")
+
+    def __init__(self, engine: Engine, name: str):
+        self.engine = engine
+        self.name = name
+        self.routes: dict[str, Any] = {}  # destination -> this pod's Cluster
+
+    def arrive(self, a: Attempt) -> None:
+        a.t_begin = self.engine.env._now
+        a.pending = 1
+        self.engine.send(a, self.routes[a.route_to], False)
+
+    def child_done(self, a: Attempt, child: Attempt) -> None:
+        # A proxy passes the upstream status through unchanged.
+        self.engine.reply(a, child.status)
+
+
+def bursty_state(
+    now: Callable[[], float],
+    mean_good: float,
+    mean_bad: float,
+    rate_good: float,
+    rate_bad: float,
+    expo: Callable[[], float],
+    uniform: Callable[[], float],
+) -> Callable[[], float]:
+    """Gilbert–Elliott state of one pod, advanced lazily in simulated time.
+
+    Returns a function giving the failure probability at the current time. The chain starts in
+    its stationary distribution; since sojourns are exponential, the residual time of the first
+    state is exponential too.
+    """
+    bad = uniform() < mean_bad / (mean_good + mean_bad)
+    state = [bad, expo() * (mean_bad if bad else mean_good)]
+
+    def rate() -> float:
+        t = now()
+        while t >= state[1]:
+            state[0] = not state[0]
+            state[1] += expo() * (mean_bad if state[0] else mean_good)
+        return rate_bad if state[0] else rate_good
+
+    return rate

@@ -1,0 +1,78 @@
+"""Clients: open-loop Poisson arrivals (with rate profiles) and closed-loop users."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .scenario import ClosedArrivals, PoissonArrivals
+
+if TYPE_CHECKING:
+    from .engine import Attempt, Engine
+
+__all__ = ["ClientDriver"]
+
+
+class ClientDriver:
+    """Generates one client's end-user requests and receives their answers.
+
+    Open loop: a Poisson process at the profile's rate, simulated by thinning (candidates at the
+    profile's maximum rate, each kept with probability ``rate(t) / max``), so it is exact for any
+    profile. Closed loop: each user waits for its answer, thinks, then sends again.
+    """
+
+    def __init__(self, engine: Engine, name: str, code: int, arrival: Any, entry_cluster: Any,
+                 expo: Callable[[], float], uniform: Callable[[], float],
+                 think: Callable[[], float] | None):
+        self.engine = engine
+        self.name = name
+        self.code = code
+        self.cluster = entry_cluster
+        self.arrivals = 0
+        self.completed = 0
+        self._expo = expo
+        self._uniform = uniform
+        self._think = think
+        self._next_cb = (self._poisson_next,)
+        self._send_cb = (self._send_event,)
+        self.done = self._count_done
+        self._horizon = engine.horizon
+        if isinstance(arrival, PoissonArrivals):
+            profile = arrival.rate
+            self._max = profile.max_rate()
+            self._rate_at = None if profile.kind == "constant" else profile.rate_at
+        elif isinstance(arrival, ClosedArrivals):
+            self._users = arrival.users
+            self.done = self._user_done
+        else:  # pragma: no cover - the scenario model allows no other kind
+            raise TypeError(arrival)
+
+    def start(self) -> None:
+        eng = self.engine
+        if self.done == self._user_done:
+            # Users start spread over one think time, as if they had been active before.
+            for _ in range(self._users):
+                eng.later(self._think(), self._send_cb, None)
+        else:
+            eng.later(self._expo() / self._max, self._next_cb, None)
+
+    def _poisson_next(self, ev: Any) -> None:
+        eng = self.engine
+        rate_at = self._rate_at
+        if rate_at is None or self._uniform() * self._max < rate_at(eng.env._now):
+            self._send()
+        eng.later(self._expo() / self._max, self._next_cb, None)
+
+    def _send_event(self, ev: Any) -> None:
+        self._send()
+
+    def _send(self) -> None:
+        self.arrivals += 1
+        self.engine.start_request(self)
+
+    def _count_done(self, a: Attempt) -> None:
+        self.completed += 1
+
+    def _user_done(self, a: Attempt) -> None:
+        self.completed += 1
+        self.engine.later(self._think(), self._send_cb, None)
