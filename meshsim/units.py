@@ -91,7 +91,8 @@ def parse_duration(value: Any) -> float:
         except ValueError:
             pass
     raise ValueError(
-        f"expected a duration such as 250ms, 1.5s, 2m or 1h (a bare number is seconds), got {value!r}"
+        "expected a duration such as 250ms, 1.5s, 2m or 1h (a bare number is seconds), "
+        f"got {value!r}"
     )
 
 
@@ -113,7 +114,9 @@ def parse_rate(value: Any) -> float:
             return _finite(float(value), "a rate")
         except ValueError:
             pass
-    raise ValueError(f"expected a rate such as 400/s or 1200/m (a bare number is per second), got {value!r}")
+    raise ValueError(
+        f"expected a rate such as 400/s or 1200/m (a bare number is per second), got {value!r}"
+    )
 
 
 def parse_percent(value: Any) -> float:

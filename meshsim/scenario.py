@@ -1,0 +1,828 @@
+"""The scenario model: a frozen, validated description of one simulation, and the one place
+where defaults live.
+
+A scenario file is YAML in Istio's camelCase style. :func:`load_scenario` reads it safely, validates
+it with the models below and runs the cross-checks that need the whole file (calls to unknown
+services, cycles in the call graph, warm-up longer than the run). Every problem is reported as
+``FILE:LINE: path.to.field: message`` through :class:`meshsim.errors.ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ._base import Model
+from .distributions import Distribution
+from .errors import Issue, ScenarioError, from_validation_error
+from .units import Duration, NonNegDuration, NonNegRate, PosDuration, Probability, Rate
+from .yamlio import LineMap, load_file, load_yaml, parse_scalar
+
+__all__ = [
+    "Call",
+    "Client",
+    "ExternalService",
+    "Mesh",
+    "Parallel",
+    "Scenario",
+    "Service",
+    "load_scenario",
+    "parse_scenario",
+]
+
+#: Names the engine uses for the non-service nodes of a call chain; a service may not take them.
+RESERVED_NAMES = frozenset({"client", "ingress", "egress"})
+
+# --------------------------------------------------------------------------------------------
+# Error models
+# --------------------------------------------------------------------------------------------
+
+StatusSpec = Annotated[
+    int | dict[int, Annotated[float, Field(gt=0)]],
+    Field(
+        description="HTTP status of a failed request: one code (`503`), or codes with weights "
+        "(`{500: 0.7, 503: 0.3}`, normalised)."
+    ),
+]
+
+
+def _check_status(value: int | dict[int, float]) -> int | dict[int, float]:
+    codes = [value] if isinstance(value, int) else list(value)
+    if not codes:
+        raise ValueError("expected at least one HTTP status code")
+    for code in codes:
+        if not 400 <= code <= 599:
+            raise ValueError(f"expected an HTTP error status between 400 and 599, got {code}")
+    return value
+
+
+class IndependentErrors(Model):
+    """Each request fails independently with probability ``rate`` (a Bernoulli trial per request).
+
+    The failing request still takes its service time, then answers with ``status`` and skips its
+    downstream calls.
+    """
+
+    kind: Literal["independent"] = "independent"
+    rate: Probability
+    """Probability that a request fails, in [0, 1] (``0.01`` or ``1%``)."""
+    status: StatusSpec = 500
+
+    _status = field_validator("status")(_check_status)
+
+
+class BurstyErrors(Model):
+    """Gilbert–Elliott errors: each pod alternates between a good and a bad state.
+
+    Sojourn times in each state are exponential with the given means (simulated time, so bursts
+    are bursts in time, as SREs see them); a request fails with ``rateGood`` or ``rateBad``
+    depending on the state its pod is in when it finishes its work. The long-run error rate is
+    ``(meanGood·rateGood + meanBad·rateBad) / (meanGood + meanBad)``.
+    """
+
+    kind: Literal["bursty"]
+    mean_good: PosDuration
+    """Mean time a pod stays in the good state, e.g. ``60s``."""
+    mean_bad: PosDuration
+    """Mean length of a burst (time in the bad state), e.g. ``5s``."""
+    rate_good: Probability = 0.0
+    """Failure probability in the good state."""
+    rate_bad: Probability = 1.0
+    """Failure probability in the bad state."""
+    status: StatusSpec = 500
+
+    _status = field_validator("status")(_check_status)
+
+    def long_run_rate(self) -> float:
+        """The stationary error probability."""
+        g, b = self.mean_good, self.mean_bad
+        return (g * self.rate_good + b * self.rate_bad) / (g + b)
+
+
+def _error_kind(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return str(v.get("kind", "independent"))
+    return getattr(v, "kind", "independent")
+
+
+ErrorModel = Annotated[
+    Annotated[IndependentErrors, Tag("independent")] | Annotated[BurstyErrors, Tag("bursty")],
+    Discriminator(_error_kind),
+]
+
+# --------------------------------------------------------------------------------------------
+# Downstream calls
+# --------------------------------------------------------------------------------------------
+
+
+class Call(Model):
+    """One synchronous call to another service or external host.
+
+    The caller's worker is held while it waits: this is what makes failures cascade.
+    """
+
+    to: str
+    """Name of the service (or external service) to call."""
+    probability: Probability = 1.0
+    """Chance that the call is made at all for a given request (e.g. a cache miss rate)."""
+    optional: bool = False
+    """If true, a failed call does not fail the caller (the app degrades gracefully)."""
+
+
+class Parallel(Model):
+    """Calls made at the same time (fan-out); the step ends when all of them have answered."""
+
+    parallel: list[Call] = Field(min_length=1)
+    """The calls of the fan-out."""
+
+
+def _step_kind(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return "parallel" if "parallel" in v else "call"
+    return "parallel" if isinstance(v, Parallel) else "call"
+
+
+Step = Annotated[
+    Annotated[Call, Tag("call")] | Annotated[Parallel, Tag("parallel")],
+    Discriminator(_step_kind),
+]
+
+# --------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------
+
+
+class Service(Model):
+    """A service: ``replicas`` pods, each with a pool of ``workers`` and an optional queue.
+
+    A request that reaches a pod waits (FIFO) for a free worker, holds it for its own service
+    time drawn from ``latency``, may then fail according to ``errors``, and otherwise makes the
+    ``calls`` in order while still holding the worker. The worker is released when the pod sends
+    its answer.
+    """
+
+    replicas: PositiveInt = 1
+    """Number of pods."""
+    workers: PositiveInt = 8
+    """Concurrent requests one pod can work on (threads, event-loop slots, ...)."""
+    queue: Annotated[int, Field(ge=0)] | None = None
+    """Requests that may wait for a worker in one pod; beyond that the app answers 503 at once.
+    Unset means unbounded."""
+    latency: Distribution
+    """The pod's own service time per request (excluding downstream calls)."""
+    errors: ErrorModel | None = None
+    """How the service's own work fails. Unset means it never fails by itself."""
+    calls: list[Step] = Field(default_factory=list)
+    """Downstream calls, in order. A step is a call ``{to: cart}`` or a fan-out
+    ``{parallel: [{to: a}, {to: b}]}``."""
+    downstream_error_status: Annotated[int, Field(ge=400, le=599)] = 500
+    """Status the app answers with when a required downstream call fails."""
+
+
+class ExternalService(Model):
+    """A dependency outside the mesh (an Istio ``ServiceEntry``), e.g. a payment provider.
+
+    It is a black box: each request takes ``latency`` and fails per ``errors``; with
+    ``concurrency`` set, requests beyond it wait (FIFO) as on a service with one pod.
+    """
+
+    latency: Distribution
+    """Response time of the external service."""
+    errors: ErrorModel | None = None
+    """How its answers fail."""
+    concurrency: PositiveInt | None = None
+    """Requests it serves at once; unset means unlimited."""
+
+
+# --------------------------------------------------------------------------------------------
+# Workload
+# --------------------------------------------------------------------------------------------
+
+
+class ConstantRate(Model):
+    """A constant arrival rate."""
+
+    kind: Literal["constant"]
+    rate: NonNegRate
+
+    def rate_at(self, t: float) -> float:
+        return self.rate
+
+    def max_rate(self) -> float:
+        return self.rate
+
+
+class RateStep(Model):
+    """From time ``at`` on, arrivals come at ``rate``."""
+
+    at: NonNegDuration
+    rate: NonNegRate
+
+
+class StepsRate(Model):
+    """A piecewise-constant rate; before the first step the rate is 0."""
+
+    kind: Literal["steps"]
+    steps: list[RateStep] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[RateStep]) -> list[RateStep]:
+        for a, b in pairwise(steps):
+            if b.at <= a.at:
+                raise ValueError("step times must increase")
+        return steps
+
+    def rate_at(self, t: float) -> float:
+        r = 0.0
+        for s in self.steps:
+            if s.at > t:
+                break
+            r = s.rate
+        return r
+
+    def max_rate(self) -> float:
+        return max(s.rate for s in self.steps)
+
+
+class RampRate(Model):
+    """A linear ramp from ``from`` to ``to`` during ``[start, start + over]``; flat outside."""
+
+    kind: Literal["ramp"]
+    from_rate: NonNegRate = Field(alias="from")
+    to_rate: NonNegRate = Field(alias="to")
+    start: NonNegDuration = 0.0
+    """When the ramp begins."""
+    over: PosDuration
+    """How long the ramp lasts."""
+
+    def rate_at(self, t: float) -> float:
+        x = min(max((t - self.start) / self.over, 0.0), 1.0)
+        return self.from_rate + (self.to_rate - self.from_rate) * x
+
+    def max_rate(self) -> float:
+        return max(self.from_rate, self.to_rate)
+
+
+class SinusoidalRate(Model):
+    """A diurnal-style rate: ``mean + amplitude·sin(2π(t − phase)/period)``."""
+
+    kind: Literal["sinusoidal"]
+    mean: Rate
+    amplitude: NonNegRate
+    period: PosDuration
+    phase: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> SinusoidalRate:
+        if self.amplitude > self.mean:
+            raise ValueError("amplitude must not exceed mean (the rate would go negative)")
+        return self
+
+    def rate_at(self, t: float) -> float:
+        return self.mean + self.amplitude * math.sin(2 * math.pi * (t - self.phase) / self.period)
+
+    def max_rate(self) -> float:
+        return self.mean + self.amplitude
+
+
+class TraceRate(Model):
+    """A rate read from a CSV file with columns ``t`` (seconds) and ``rate`` (per second).
+
+    The rate is piecewise constant between rows. A relative ``file`` is relative to the
+    scenario file; its rows are copied into ``points`` when the scenario is loaded, so a
+    resolved scenario is self-contained.
+    """
+
+    kind: Literal["trace"]
+    file: str | None = None
+    """CSV file with a header row ``t,rate``."""
+    points: list[tuple[NonNegDuration, NonNegRate]] | None = None
+    """``[time, rate]`` pairs; filled from ``file`` when loading."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_file(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("points") is not None or not data.get("file"):
+            return data
+        base = Path((info.context or {}).get("base_dir", "."))
+        path = base / str(data["file"])
+        data = dict(data)
+        data["points"] = _read_trace(path)
+        return data
+
+    @model_validator(mode="after")
+    def _has_points(self) -> TraceRate:
+        if not self.points:
+            raise ValueError("a trace needs `file` (a CSV with columns t,rate) or `points`")
+        times = [p[0] for p in self.points]
+        if any(b <= a for a, b in pairwise(times)):
+            raise ValueError("trace times must increase")
+        return self
+
+    def rate_at(self, t: float) -> float:
+        r = 0.0
+        for at, rate in self.points or ():
+            if at > t:
+                break
+            r = rate
+        return r
+
+    def max_rate(self) -> float:
+        return max(r for _, r in self.points or [(0.0, 0.0)])
+
+
+def _read_trace(path: Path) -> list[list[float]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ValueError(f"cannot read trace file {str(path)!r}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"trace file {str(path)!r} is not a CSV text file: {exc}") from None
+    points = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            points.append([float(row["t"]), float(row["rate"])])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{path}:{i}: expected numeric columns 't' (seconds) and 'rate' (per second)"
+            ) from None
+    if not points:
+        raise ValueError(f"trace file {str(path)!r} has no rows (expected a header t,rate)")
+    return points
+
+
+def _rate_kind(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return str(v.get("kind", "constant"))
+    if isinstance(v, str | int | float) and not isinstance(v, bool):
+        return "constant"
+    return getattr(v, "kind", "constant")
+
+
+def _rate_shorthand(v: Any) -> Any:
+    if isinstance(v, str | int | float) and not isinstance(v, bool):
+        return {"kind": "constant", "rate": v}
+    return v
+
+
+RateProfile = Annotated[
+    Annotated[ConstantRate, Tag("constant")]
+    | Annotated[StepsRate, Tag("steps")]
+    | Annotated[RampRate, Tag("ramp")]
+    | Annotated[SinusoidalRate, Tag("sinusoidal")]
+    | Annotated[TraceRate, Tag("trace")],
+    Discriminator(_rate_kind),
+]
+
+
+class PoissonArrivals(Model):
+    """Open-loop arrivals: a Poisson process whose rate may vary over time.
+
+    ``rate: 400/s`` is a constant rate; a profile (``{kind: steps|ramp|sinusoidal|trace}``)
+    gives a non-homogeneous process (simulated by thinning). Open loop means arrivals do not
+    slow down when the system does, as with real users on the internet.
+    """
+
+    kind: Literal["poisson"] = "poisson"
+    rate: RateProfile
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return _rate_shorthand(v)
+
+    @model_validator(mode="after")
+    def _some_traffic(self) -> PoissonArrivals:
+        if self.rate.max_rate() <= 0:
+            raise ValueError("the rate profile is zero everywhere: no request would ever arrive")
+        return self
+
+
+class ClosedArrivals(Model):
+    """Closed-loop users: each sends a request, waits for the answer, thinks, and repeats."""
+
+    kind: Literal["closed"]
+    users: PositiveInt
+    """Number of concurrent users."""
+    think_time: Distribution = Field(default="1s", validate_default=True)
+    """Time between an answer and the user's next request."""
+
+
+def _arrival_kind(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return str(v.get("kind", "poisson"))
+    return getattr(v, "kind", "poisson")
+
+
+Arrival = Annotated[
+    Annotated[PoissonArrivals, Tag("poisson")] | Annotated[ClosedArrivals, Tag("closed")],
+    Discriminator(_arrival_kind),
+]
+
+
+class Client(Model):
+    """A source of end-user requests entering at one service."""
+
+    client: str
+    """The client's id; it appears in the ``client`` column of every record it causes."""
+    entry: str
+    """The service the requests are for."""
+    via_ingress: bool = True
+    """Requests pass the ingress gateway (true) or reach the entry service's pods directly."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Request headers (used by header-based policies)."""
+    arrival: Arrival
+
+
+# --------------------------------------------------------------------------------------------
+# Mesh
+# --------------------------------------------------------------------------------------------
+
+LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"]
+
+
+class LoadBalancerSettings(Model):
+    """Istio ``trafficPolicy.loadBalancer``."""
+
+    simple: LbPolicy | None = None
+    """``ROUND_ROBIN``, ``LEAST_REQUEST`` (power of two choices over active requests), ``RANDOM``.
+    ``LEAST_CONN`` is Istio's deprecated alias of ``LEAST_REQUEST``. Unset: Istio's default
+    ``LEAST_REQUEST`` (plain Envoy: ``ROUND_ROBIN``)."""
+
+
+class TrafficPolicy(Model):
+    """Istio ``DestinationRule.trafficPolicy`` (the fields meshsim simulates so far)."""
+
+    load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+
+
+class DestinationRule(Model):
+    """Istio ``DestinationRule.spec`` for one host: what every caller applies when calling it."""
+
+    traffic_policy: TrafficPolicy = TrafficPolicy()
+
+
+class Gateway(Model):
+    """An Istio gateway deployment (Envoy pods that proxy without a worker limit)."""
+
+    replicas: PositiveInt = 2
+    """Gateway pods; clients spread evenly over them (as a cloud load balancer does)."""
+
+
+def _default_overhead() -> dict[str, str]:
+    # Istio 1.12 performance docs: the two proxies of one hop add about 1.7 ms at p90 and 2.7 ms
+    # at p99. A lognormal through (p90, p99) = (1.7 ms, 2.7 ms) has median 0.96 ms.
+    return {"kind": "lognormal", "median": "0.96ms", "p99": "2.7ms"}
+
+
+class Sidecar(Model):
+    """Cost of the Envoy proxies on a hop."""
+
+    hop_overhead: Distribution = Field(default_factory=_default_overhead, validate_default=True)
+    """Latency added by the two proxies of one hop (caller's sidecar and callee's sidecar or
+    gateway), both directions together, drawn once per attempt. Default: lognormal with p90
+    1.7 ms and p99 2.7 ms (Istio 1.12 performance figures at 1000 rps, 16 connections)."""
+
+
+class Mesh(Model):
+    """The service mesh: gateways, proxy costs and Istio policy resources."""
+
+    istio_defaults: bool = True
+    """Apply Istio's defaults where the scenario is silent (false: plain Envoy's defaults)."""
+    ingress_gateway: Gateway = Gateway()
+    """The ingress gateway clients enter through."""
+    egress_gateway: Gateway | None = None
+    """If set, calls to external services pass through an egress gateway with these pods."""
+    sidecar: Sidecar = Sidecar()
+    destination_rules: dict[str, DestinationRule] = Field(default_factory=dict)
+    """Istio ``DestinationRule`` specs by host (service or external service name)."""
+
+
+class Network(Model):
+    """The network between pods."""
+
+    latency: Distribution = Field(default="0.1ms", validate_default=True)
+    """One-way latency of every leg of every hop (request and response each draw once).
+    Default 0.1 ms, typical inside one cluster."""
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario
+# --------------------------------------------------------------------------------------------
+
+
+class Scenario(Model):
+    """A complete simulation: topology, workload, mesh policies and run settings.
+
+    Build one with :func:`load_scenario` (from a file) or :func:`parse_scenario` (from a dict).
+    All times are float seconds.
+    """
+
+    name: str = "scenario"
+    description: str = ""
+    duration: PosDuration
+    """Simulated time to run, e.g. ``300s``."""
+    warmup: NonNegDuration = 0.0
+    """Initial period left out of the summary statistics (the system starts empty)."""
+    seed: Annotated[int, Field(ge=0)] = 1
+    """Seed of all randomness; the same scenario and seed give identical results."""
+    services: dict[str, Service] = Field(min_length=1)
+    external_services: dict[str, ExternalService] = Field(default_factory=dict)
+    """Dependencies outside the mesh (Istio ``ServiceEntry`` hosts)."""
+    workload: list[Client] = Field(min_length=1)
+    network: Network = Network()
+    mesh: Mesh = Mesh()
+
+    # ---- derived settings (the defaults that depend on other fields live here too) ----------
+
+    def lb_policy(self, host: str) -> str:
+        """The load-balancing policy callers use for ``host`` (Istio or Envoy default if unset)."""
+        rule = self.mesh.destination_rules.get(host)
+        simple = rule.traffic_policy.load_balancer.simple if rule else None
+        if simple is None:
+            simple = "LEAST_REQUEST" if self.mesh.istio_defaults else "ROUND_ROBIN"
+        return "LEAST_REQUEST" if simple == "LEAST_CONN" else simple
+
+    # ---- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario with every default filled in, as plain YAML-ready data (camelCase keys)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        """The resolved scenario as YAML; loading it gives back an equal scenario."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> Scenario:
+        """Return a copy with values replaced by dotted path.
+
+        Parameters
+        ----------
+        overrides : mapping
+            ``{"services.cart.replicas": 4, "workload[0].arrival.rate": "500/s"}``. Keys use the
+            file's camelCase names; list items are ``[i]`` or ``.i``. String values are parsed
+            like YAML scalars by the CLI before they get here.
+        source : str
+            Name shown in error messages.
+
+        Raises
+        ------
+        ScenarioError
+            If a path does not exist or the new value is invalid.
+        """
+        data = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        issues = []
+        for path_text, value in overrides.items():
+            try:
+                _set_path(data, parse_path(path_text), value)
+            except KeyError as exc:
+                issues.append(Issue(parse_path_lenient(path_text), str(exc.args[0])))
+        if issues:
+            raise ScenarioError(source, issues)
+        return parse_scenario(data, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# Paths for --set
+# --------------------------------------------------------------------------------------------
+
+
+def parse_path(text: str) -> tuple[str | int, ...]:
+    """Split ``services.cart.calls[1].to`` into ``("services", "cart", "calls", 1, "to")``."""
+    parts: list[str | int] = []
+    for chunk in text.replace("[", ".[").split("."):
+        if not chunk:
+            continue
+        if chunk.startswith("[") and chunk.endswith("]") and chunk[1:-1].isdigit():
+            parts.append(int(chunk[1:-1]))
+        elif chunk.isdigit():
+            parts.append(int(chunk))
+        else:
+            parts.append(chunk)
+    if not parts:
+        raise KeyError(f"empty path {text!r}")
+    return tuple(parts)
+
+
+def parse_path_lenient(text: str) -> tuple[str | int, ...]:
+    try:
+        return parse_path(text)
+    except KeyError:
+        return (text,)
+
+
+def _set_path(data: Any, path: tuple[str | int, ...], value: Any) -> None:
+    node = data
+    for i, key in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            if not isinstance(key, int) or not 0 <= key < len(node):
+                raise KeyError(f"no item [{key}] here: the list has {len(node)} items")
+            node = node[key]
+        elif isinstance(node, dict):
+            if key not in node:
+                node[key] = [] if isinstance(nxt, int) else {}
+            node = node[key]
+        else:
+            raise KeyError(f"cannot set {key!r} inside a {type(node).__name__}")
+    last = path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or not 0 <= last <= len(node):
+            raise KeyError(f"no item [{last}] here: the list has {len(node)} items")
+        if last == len(node):
+            node.append(value)
+        else:
+            node[last] = value
+    elif isinstance(node, dict):
+        node[str(last)] = value
+    else:
+        raise KeyError(f"cannot set {last!r} inside a {type(node).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and cross-checks
+# --------------------------------------------------------------------------------------------
+
+
+def parse_scenario(
+    data: Any,
+    *,
+    source: str = "<scenario>",
+    lines: LineMap | None = None,
+    base_dir: str | os.PathLike | None = None,
+) -> Scenario:
+    """Validate plain data (as read from YAML) into a :class:`Scenario`.
+
+    Raises
+    ------
+    ScenarioError
+        Every problem found, each with its field path (and line, when ``lines`` is given).
+    """
+    if not isinstance(data, Mapping):
+        raise ScenarioError(source, [Issue((), "expected a mapping (a scenario) at the top level")])
+    context = {"base_dir": str(base_dir or ".")}
+    try:
+        scenario = Scenario.model_validate(data, context=context)
+    except ValidationError as err:
+        raise from_validation_error(err, Scenario, data, source, lines) from None
+    issues = cross_check(scenario)
+    if issues:
+        if lines is not None:
+            issues = [Issue(i.path, i.message, lines.line_for(i.path)) for i in issues]
+        raise ScenarioError(source, issues)
+    return scenario
+
+
+def load_scenario(path: str | os.PathLike) -> Scenario:
+    """Read, validate and cross-check a scenario file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A YAML scenario file.
+
+    Returns
+    -------
+    Scenario
+
+    Raises
+    ------
+    ScenarioError
+        On anything wrong with the file, as ``FILE:LINE: path: message`` lines.
+    """
+    data, lines = load_file(path)
+    return parse_scenario(data, source=str(path), lines=lines, base_dir=Path(path).parent)
+
+
+def loads_scenario(text: str, source: str = "<string>") -> Scenario:
+    """Like :func:`load_scenario`, from YAML text."""
+    data, lines = load_yaml(text, source)
+    return parse_scenario(data, source=source, lines=lines)
+
+
+def cross_check(sc: Scenario) -> list[Issue]:
+    """Checks that need the whole scenario; each issue carries the path of the field at fault."""
+    issues: list[Issue] = []
+    services = set(sc.services)
+    externals = set(sc.external_services)
+    for name in sorted(services & externals):
+        issues.append(
+            Issue(("externalServices", name), f"{name!r} is declared both as a service and as an "
+                  "external service")
+        )
+    for name in sorted((services | externals) & RESERVED_NAMES):
+        where = "services" if name in services else "externalServices"
+        issues.append(
+            Issue((where, name), f"{name!r} is a reserved name (client, ingress, egress)")
+        )
+    known = services | externals
+    for sname, svc in sc.services.items():
+        for i, step in enumerate(svc.calls):
+            calls = [(("calls", i), step)] if isinstance(step, Call) else [
+                (("calls", i, "parallel", j), c) for j, c in enumerate(step.parallel)
+            ]
+            for sub, call in calls:
+                if call.to not in known:
+                    issues.append(
+                        Issue(("services", sname, *sub, "to"), _unknown(call.to, known, "service"))
+                    )
+    cycle = _find_cycle(sc)
+    if cycle:
+        issues.append(
+            Issue(("services", cycle[0], "calls"), "the call graph has a cycle: "
+                  + " -> ".join(cycle) + " (a synchronous chain would never end)")
+        )
+    seen: set[str] = set()
+    for i, cl in enumerate(sc.workload):
+        if cl.client in seen:
+            issues.append(Issue(("workload", i, "client"), f"duplicate client id {cl.client!r}"))
+        seen.add(cl.client)
+        if cl.entry not in services:
+            issues.append(Issue(("workload", i, "entry"), _unknown(cl.entry, services, "service")))
+    for host in sc.mesh.destination_rules:
+        if host not in known:
+            issues.append(
+                Issue(("mesh", "destinationRules", host), _unknown(host, known, "host"))
+            )
+    if sc.warmup >= sc.duration:
+        issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
+                            f"({sc.warmup:g}s >= {sc.duration:g}s)"))
+    return issues
+
+
+def _unknown(name: str, known: set[str], what: str) -> str:
+    import difflib
+
+    msg = f"unknown {what} {name!r}"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"{msg} (did you mean {close[0]!r}?)"
+    if known:
+        return f"{msg} (expected one of: {', '.join(sorted(known)[:12])})"
+    return msg
+
+
+def _find_cycle(sc: Scenario) -> list[str] | None:
+    graph: dict[str, list[str]] = {}
+    for name, svc in sc.services.items():
+        targets: list[str] = []
+        for step in svc.calls:
+            targets += [step.to] if isinstance(step, Call) else [c.to for c in step.parallel]
+        graph[name] = [t for t in targets if t in sc.services]
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if color.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in color:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in color:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn CLI ``PATH=VALUE`` strings into an overrides mapping (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    issues = []
+    for pair in pairs:
+        path, sep, value = pair.partition("=")
+        if not sep or not path.strip():
+            issues.append(Issue((), f"expected PATH=VALUE, got {pair!r}"))
+            continue
+        out[path.strip()] = parse_scalar(value)
+    if issues:
+        raise ScenarioError("--set", issues)
+    return out
