@@ -1,0 +1,184 @@
+"""The ``meshsim`` command line: validate, run, schema.
+
+Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
+interrupted. The CLI only maps arguments to the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from . import __version__
+from .errors import ScenarioError
+
+if TYPE_CHECKING:
+    from .result import Result
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsim",
+        description="Simulate a service call chain behind an Istio/Envoy service mesh.",
+    )
+    p.add_argument("--version", action="version", version=f"meshsim {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check scenario files and report every problem")
+    v.add_argument("files", nargs="+", metavar="FILE")
+
+    r = sub.add_parser("run", help="simulate a scenario and print its summary")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--seed", type=int, help="seed of all randomness (default: the scenario's)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field, e.g. --set services.cart.replicas=4 (repeatable)")
+    r.add_argument("--out", metavar="DIR", help="write the result files into DIR (atomically)")
+    r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+
+    s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshsim`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ScenarioError as err:
+        print(err, file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("meshsim: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # an internal error: a bug, not bad input
+        if args.debug:
+            traceback.print_exc()
+        print(f"meshsim: internal error: {type(exc).__name__}: {exc}\n"
+              "This is a bug in meshsim; rerun with --debug for the traceback and report it.",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .scenario import load_scenario
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            sc = load_scenario(path)
+        except ScenarioError as err:
+            print(err, file=sys.stderr)
+            status = EXIT_INPUT
+            continue
+        print(f"{path}: ok ({len(sc.services)} services, {len(sc.external_services)} external, "
+              f"{len(sc.workload)} clients, {sc.duration:g}s)")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import run
+    from .output import OutputError, write_run
+    from .scenario import load_scenario, parse_overrides
+
+    scenario = load_scenario(args.file)
+    if args.overrides:
+        scenario = scenario.with_overrides(parse_overrides(args.overrides), source="--set")
+    show_progress = not args.quiet and sys.stderr.isatty()
+    progress = _progress_bar(scenario.duration, sys.stderr) if show_progress else None
+    wall = time.perf_counter()
+    result = run(scenario, seed=args.seed, progress=progress)
+    wall = time.perf_counter() - wall
+    if progress is not None:
+        sys.stderr.write("\r\033[K")
+    if args.out:
+        try:
+            write_run(result, args.out)
+        except OutputError as exc:
+            print(f"meshsim: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+    if not args.quiet:
+        print(format_summary(result, wall))
+        if args.out:
+            print(f"results written to {args.out}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .scenario import Scenario
+
+    text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
+    if args.out:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": _validate,
+    "run": _run,
+    "schema": _schema,
+}
+
+
+def format_summary(result: Result, wall: float | None = None) -> str:
+    """The summary table as the CLI prints it (latencies in ms, rates per second)."""
+    table = result.summary()
+    sc = result.scenario
+    lines = [
+        f"{sc.name}: {sc.duration:g}s simulated (warm-up {sc.warmup:g}s), seed {sc.seed}"
+        + (f", {wall:.2f}s wall" if wall is not None else ""),
+        "",
+        f"{'scope':<18} {'requests':>9} {'success':>8} {'rate/s':>8} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'util':>6} {'wait ms':>8}",
+    ]
+    for scope, row in table.iterrows():
+        util = row.get("utilisation", float("nan"))
+        lines.append(
+            f"{scope!s:<18} {int(row['requests']):>9} {_pct(row['success_rate']):>8} "
+            f"{row['throughput']:>8.1f} {_ms(row['latency_p50']):>8} {_ms(row['latency_p99']):>8} "
+            f"{_ms(row['latency_max']):>8} {_pct(util, 0):>6} "
+            f"{_ms(row.get('queue_wait_mean', float('nan'))):>8}"
+        )
+    in_flight = table.loc["end-to-end", "in_flight_at_end"]
+    lines.append("")
+    lines.append(f"end-user requests still in flight at the end: {int(in_flight)}")
+    return "\n".join(lines)
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return "-" if x != x else f"{100 * x:.{digits}f}%"
+
+
+def _ms(x: float) -> str:
+    return "-" if x != x else f"{1000 * x:.1f}"
+
+
+def _progress_bar(horizon: float, stream: TextIO) -> Callable[[float], None]:
+    width = 30
+
+    def show(t: float) -> None:
+        frac = min(t / horizon, 1.0)
+        done = int(frac * width)
+        stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {100 * frac:5.1f}%  "
+                     f"{t:.0f}s / {horizon:g}s simulated")
+        stream.flush()
+
+    return show
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

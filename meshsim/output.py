@@ -1,0 +1,141 @@
+"""Writing a run's results to a directory, atomically.
+
+The files are written into a hidden temporary directory beside the target and renamed into place
+only when all of them are complete, so an error or Ctrl-C never leaves a half-written result
+directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .result import Result
+
+__all__ = ["OutputError", "atomic_dir", "summary_dict", "write_run"]
+
+#: Files a run directory holds (the requests file is ``.parquet`` or, without pyarrow, ``.csv``).
+RUN_FILES = ("summary.json", "timeseries.csv", "events.csv", "scenario.resolved.yaml")
+
+
+class OutputError(Exception):
+    """The output directory cannot be written (exists with foreign content, no permission, ...)."""
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def summary_dict(result: Result) -> dict[str, Any]:
+    """The content of ``summary.json``: run metadata and the summary table by scope.
+
+    Times are seconds; NaN (no data) becomes ``null``.
+    """
+    table = result.summary()
+    return _clean({
+        "scenario": result.scenario.name,
+        "seed": result.scenario.seed,
+        "meta": result.meta,
+        "summary": table.to_dict(orient="index"),
+    })
+
+
+def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = None) -> Path:
+    """Write a run's contract files into ``out`` atomically.
+
+    Writes ``summary.json``, ``requests.parquet`` (``requests.csv`` when pyarrow is missing or
+    ``parquet`` is false), ``timeseries.csv``, ``events.csv`` and ``scenario.resolved.yaml``.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory written.
+    """
+    use_parquet = _has_pyarrow() if parquet is None else parquet
+
+    def fill(tmp: Path) -> None:
+        if use_parquet:
+            result.requests.to_parquet(tmp / "requests.parquet", index=False)
+        else:
+            result.requests.to_csv(tmp / "requests.csv", index=False)
+        result.timeseries.to_csv(tmp / "timeseries.csv", index=False)
+        result.events.to_csv(tmp / "events.csv", index=False)
+        (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
+        (tmp / "summary.json").write_text(
+            json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+
+    return atomic_dir(out, fill, marker="summary.json")
+
+
+def atomic_dir(out: str | os.PathLike, fill: Callable[[Path], None], marker: str) -> Path:
+    """Create directory ``out`` with the files ``fill(tmp)`` writes, all or nothing.
+
+    An existing ``out`` is replaced only if it is empty or was written by meshsim (it holds
+    ``marker``); anything else is refused rather than destroyed.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / marker).exists():
+            raise OutputError(
+                f"{out} exists and does not look like a meshsim output directory (no {marker}); "
+                "choose another --out or remove it"
+            )
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        # mkdtemp makes a private (0700) directory; the result should get the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror}") from None
+    try:
+        fill(tmp)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_requests(directory: str | os.PathLike) -> pd.DataFrame:
+    """Read the requests table of a run directory (Parquet or CSV)."""
+    directory = Path(directory)
+    if (directory / "requests.parquet").exists():
+        return pd.read_parquet(directory / "requests.parquet")
+    return pd.read_csv(directory / "requests.csv")
