@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .scenario import ClosedArrivals, PoissonArrivals
+from .arrivals import ClosedArrivals, PoissonArrivals
 
 if TYPE_CHECKING:
     from .engine import Attempt, Engine
@@ -40,7 +40,7 @@ class ClientDriver:
         if isinstance(arrival, PoissonArrivals):
             profile = arrival.rate
             self._max = profile.max_rate()
-            self._rate_at = None if profile.kind == "constant" else profile.rate_at
+            self._rate_at = None if profile.kind == "constant" else profile.rate_function()
         elif isinstance(arrival, ClosedArrivals):
             self._users = arrival.users
             self.done = self._user_done
