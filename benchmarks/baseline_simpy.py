@@ -1,6 +1,6 @@
 """Plain-SimPy baseline for the project benchmark (the yardstick meshsim's engine must beat).
 
-The same model as ``benchmarks/three_tier.yaml``, written the straightforward SimPy way: one
+The same model as ``scenarios/three-tier.yaml``, written the straightforward SimPy way: one
 generator process per hop (the caller ``yield``\\ s the callee's process) and a ``simpy.Resource``
 per pod for its worker pool. It is meant to be a fair, idiomatic and reasonably efficient SimPy
 program: random variates are drawn in numpy batches and records are plain tuples turned into a
