@@ -1,0 +1,45 @@
+"""Every example scenario in ``scenarios/`` loads, validates and runs (a new file is picked up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import meshsim
+from meshsim.cli import main
+
+SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.yaml"))
+SHORT = {"duration": "5s", "warmup": "1s"}
+
+
+def test_there_are_example_scenarios():
+    assert SCENARIOS, "scenarios/*.yaml not found"
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_example_validates(path: Path, capsys):
+    assert main(["validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{path}: ok (")
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_example_runs(path: Path):
+    scenario = meshsim.load_scenario(path)
+    result = meshsim.run(scenario.with_overrides(SHORT))
+    e2e = result.end_to_end()
+    assert len(e2e) > 0
+    ok = (e2e["status"] >= 200) & (e2e["status"] < 300)
+    assert ok.mean() > 0.5, "most end-user requests of an example should succeed"
+    entries = {c.entry for c in scenario.workload}
+    reached = set(result.requests["destination"].astype(str))
+    assert entries <= reached
+    assert result.summary().loc["end-to-end", "requests"] > 0
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_example_resolved_yaml_round_trips(path: Path):
+    scenario = meshsim.load_scenario(path)
+    assert meshsim.loads_scenario(scenario.to_yaml()) == scenario
