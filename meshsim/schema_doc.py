@@ -97,8 +97,9 @@ Units:
 - a **rate** is `400/s`, `1200/m`, `5/ms`, or a bare number per second;
 - a **probability** is a number from 0 to 1, or a percentage such as `0.1%`.
 
-In the tables, *required* means the field must be written, and *unset* that leaving it out turns
-the feature off (the description says what that means).
+In the tables, *required* means the field must be written; *unset* means the field may be left
+out, and its description says what that means; *all defaults* means the defaults of the section
+the type links to.
 """
 
 
@@ -263,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             return 0
-        print(f"{path} is out of date; run: python -m meshsim.schema_doc -o {path}",
-              file=sys.stderr)
+        print(
+            f"{path} is out of date; run: python -m meshsim.schema_doc -o {path}", file=sys.stderr
+        )
         return 1
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
