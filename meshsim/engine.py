@@ -146,24 +146,25 @@ class Engine:
         a.client = client
         a.parent = None
         a.source = 0  # code of "client"
-        self._launch(a, client.cluster, False)
+        self._launch(a, client.cluster, False, client.route_to)
 
-    def send(self, parent: Attempt, cluster: Cluster, optional: bool) -> None:
-        """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy."""
+    def send(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None) -> None:
+        """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy;
+        ``route_to`` is where a gateway upstream forwards the request next."""
         a = Attempt()
         a.req = parent.req
         a.client = parent.client
         a.parent = parent
         a.source = parent.host.service
-        self._launch(a, cluster, optional)
+        self._launch(a, cluster, optional, route_to)
 
-    def _launch(self, a: Attempt, cluster: Cluster, optional: bool) -> None:
+    def _launch(self, a: Attempt, cluster: Cluster, optional: bool, route_to: str | None) -> None:
         self._span += 1
         a.span = self._span
         a.optional = optional
         a.cluster = cluster
         a.dest = cluster.code
-        a.route_to = cluster.route_to
+        a.route_to = route_to
         idx = cluster.pick()
         a.hostidx = idx
         a.host = cluster.hosts[idx]
@@ -254,31 +255,39 @@ class Engine:
             if any(c.probability < 1.0 for step in svc.calls for c in _calls(step)):
                 uniform = streams.uniform(f"calls:{name}")
             for pod in self.pods[name]:
+                # One cluster per upstream *cluster* of this pod's proxy: calls to several
+                # external hosts through the egress gateway share the gateway's cluster, as in
+                # Envoy, and only the route (where the gateway forwards) differs.
                 clusters: dict[str, Cluster] = {}
                 steps = []
                 for step in svc.calls:
-                    calls = tuple(
-                        (clusters.setdefault(c.to, self._cluster(pod.name, name, c.to)),
-                         c.probability, c.optional)
-                        for c in _calls(step)
-                    )
-                    steps.append((not isinstance(step, Call), calls))
+                    calls = []
+                    for c in _calls(step):
+                        label, route_to = self._upstream(name, c.to)
+                        if label not in clusters:
+                            clusters[label] = self._cluster(pod.name, name, c.to)
+                        calls.append((clusters[label], c.probability, c.optional, route_to))
+                    steps.append((not isinstance(step, Call), tuple(calls)))
                 pod.steps = tuple(steps)
                 pod.uniform = uniform
         for cl in sc.workload:
             if cl.via_ingress:
                 gws = self.pods["ingress"]
+                # Each client has its own network stream, so adding a client never shifts the
+                # draws another one sees.
+                net = self._net(f"client:{cl.client}", "ingress")
                 entry = Cluster("ingress", self.nodes.code("ingress"), gws, "RANDOM",
                                 streams.uniform(f"gateway:{cl.client}") if len(gws) > 1 else None,
-                                self._net("client", "ingress"), self._net("client", "ingress"),
-                                route_to=cl.entry)
+                                net, net)
+                route_to = cl.entry
             else:
-                entry = self._cluster(f"client:{cl.client}", "client", cl.entry)
+                entry = self._cluster(f"client:{cl.client}", f"client:{cl.client}", cl.entry)
+                route_to = None
             arrival = cl.arrival
             think = (self._sampler(f"think:{cl.client}", arrival.think_time)
                      if arrival.kind == "closed" else None)
             driver = ClientDriver(
-                self, cl.client, self.client_names.code(cl.client), arrival, entry,
+                self, cl.client, self.client_names.code(cl.client), arrival, entry, route_to,
                 streams.sampler(f"arrivals:{cl.client}", _standard_exponential),
                 streams.uniform(f"thinning:{cl.client}"), think,
             )
@@ -293,22 +302,31 @@ class Engine:
             pods.append(gw)
         self.pods[kind] = pods
 
-    def _cluster(self, proxy: str, source: str, dest: str) -> Cluster:
-        """The cluster ``dest`` as seen by the proxy of pod ``proxy`` (of service ``source``)."""
+    def _upstream(self, source: str, dest: str) -> tuple[str, str | None]:
+        """The cluster a call from ``source`` to ``dest`` goes to, and where it is forwarded.
+
+        Calls to external hosts go to the egress gateway when there is one (Istio routes them to
+        the ``istio-egressgateway`` cluster); everything else goes to ``dest`` itself.
+        """
         sc = self.scenario
-        via_egress = sc.mesh.egress_gateway is not None and source != "egress"
-        if dest in sc.external_services and via_egress:
-            hosts, label, route_to = self.pods["egress"], "egress", dest
-        else:
-            hosts, label, route_to = self.pods[dest], dest, None
+        if dest in sc.external_services and sc.mesh.egress_gateway is not None \
+                and source != "egress":
+            return "egress", dest
+        return dest, None
+
+    def _cluster(self, proxy: str, source: str, dest: str) -> Cluster:
+        """The cluster for ``dest`` as seen by the proxy of pod ``proxy`` (of ``source``)."""
+        sc = self.scenario
+        label, _ = self._upstream(source, dest)
+        hosts = self.pods[label]
         policy = sc.lb_policy(label)
         uniform = self.streams.uniform(f"lb:{proxy}->{label}") if len(hosts) > 1 else None
         # The hop overhead is that of two proxies; a hop with a proxy at one end only (a client
         # without a sidecar, an external host) pays the network alone.
-        mesh_hop = source != "client" and label not in sc.external_services
+        mesh_hop = not source.startswith("client") and label not in sc.external_services
         out = self._hop_out(source, label, mesh_hop)
         return Cluster(label, self.nodes.code(label), hosts, policy, uniform, out,
-                       self._net(source, label), route_to)
+                       self._net(source, label))
 
     # ---- random variates --------------------------------------------------------------------
 

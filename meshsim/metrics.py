@@ -87,7 +87,7 @@ def timeseries(
     """
     n_bins = max(1, int(np.ceil(end_time / interval - 1e-9)))
     edges = np.arange(n_bins + 1, dtype=float) * interval
-    edges[-1] = max(edges[-1], end_time)
+    edges[-1] = min(edges[-1], end_time)  # the last bin may be partial: average over its width
     both = pd.concat([requests, in_flight], ignore_index=True) if len(in_flight) else requests
     scopes: list[tuple[str, pd.DataFrame, pd.DataFrame]] = [
         (END_TO_END, requests[requests["parent_span_id"] == 0],

@@ -77,9 +77,9 @@ class Pod:
         self.latency = latency
         self.error = error
         self.downstream_error_status = downstream_error_status
-        # steps: tuple of (is_parallel, ((cluster, probability, optional), ...)); set by the
-        # engine once every pod exists, because clusters point at other pods.
-        self.steps: tuple[tuple[bool, tuple[tuple[Any, float, bool], ...]], ...] = ()
+        # steps: tuple of (is_parallel, ((cluster, probability, optional, route_to), ...)); set
+        # by the engine once every pod exists, because clusters point at other pods.
+        self.steps: tuple[tuple[bool, tuple[tuple[Any, float, bool, str | None], ...]], ...] = ()
         self.uniform: Callable[[], float] | None = None
         self.worked = (self._worked,)  # built once: it is scheduled for every request
 
@@ -122,20 +122,20 @@ class Pod:
             parallel, calls = steps[i]
             i += 1
             if not parallel:
-                cluster, p, optional = calls[0]
+                cluster, p, optional, route_to = calls[0]
                 if p < 1.0 and self.uniform() >= p:
                     continue
                 a.step = i
                 a.pending = 1
-                send(a, cluster, optional)
+                send(a, cluster, optional, route_to)
                 return
             chosen = [c for c in calls if c[1] >= 1.0 or self.uniform() < c[1]]
             if not chosen:
                 continue
             a.step = i
             a.pending = len(chosen)
-            for cluster, _, optional in chosen:
-                send(a, cluster, optional)
+            for cluster, _, optional, route_to in chosen:
+                send(a, cluster, optional, route_to)
             return
         self._finish(a, 200)
 
@@ -170,7 +170,7 @@ class GatewayPod:
     def arrive(self, a: Attempt) -> None:
         a.t_begin = self.engine.env._now
         a.pending = 1
-        self.engine.send(a, self.routes[a.route_to], False)
+        self.engine.send(a, self.routes[a.route_to], False, None)
 
     def child_done(self, a: Attempt, child: Attempt) -> None:
         # A proxy passes the upstream status through unchanged.

@@ -24,8 +24,6 @@ class Cluster:
         The ``destination`` of request records (a service, ``egress``, or an external host).
     code : int
         Its code in the engine's table of node names (records store codes).
-    route_to : str or None
-        For a gateway upstream, where the gateway forwards the request next.
     hosts : list
         The upstream endpoints (pods); the engine calls ``hosts[i].arrive(attempt)``.
     active : list of int
@@ -36,7 +34,7 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "back_delay", "code", "dest", "hosts", "out_delay", "pick", "policy", "route_to"
+        "active", "back_delay", "code", "dest", "hosts", "out_delay", "pick", "policy"
     )
 
     def __init__(
@@ -48,11 +46,9 @@ class Cluster:
         uniform: Callable[[], float] | None,
         out_delay: Callable[[], float],
         back_delay: Callable[[], float],
-        route_to: str | None = None,
     ):
         self.dest = dest
         self.code = code
-        self.route_to = route_to
         self.hosts = hosts
         self.active = [0] * len(hosts)
         self.policy = policy

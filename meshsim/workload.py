@@ -22,12 +22,14 @@ class ClientDriver:
     """
 
     def __init__(self, engine: Engine, name: str, code: int, arrival: Any, entry_cluster: Any,
+                 route_to: str | None,
                  expo: Callable[[], float], uniform: Callable[[], float],
                  think: Callable[[], float] | None):
         self.engine = engine
         self.name = name
         self.code = code
         self.cluster = entry_cluster
+        self.route_to = route_to
         self.arrivals = 0
         self.completed = 0
         self._expo = expo

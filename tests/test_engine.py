@@ -222,20 +222,8 @@ def test_external_concurrency_queues_the_excess():
         (0.51, 0.51, 0.56), (0.51, 0.56, 0.61)]
 
 
-SAME_SERVICE_TWICE = (
-    "engine.py Engine._elaborate builds each caller cluster with `clusters.setdefault(c.to, "
-    "self._cluster(...))`: the default is built even when the key exists, so a second call to "
-    "the same multi-pod service asks for the stream 'lb:<pod>-><dest>' again and "
-    "Streams.generator raises ValueError"
-)
-TWO_EXTERNALS_VIA_EGRESS = (
-    "engine.py Engine._cluster names the balancer stream after the label, 'egress' for every "
-    "external host behind the egress gateway, so a pod calling two external hosts through a "
-    "multi-pod egress asks for 'lb:<pod>->egress' twice and Streams.generator raises ValueError"
-)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=SAME_SERVICE_TWICE)
 def test_two_calls_to_the_same_multi_pod_service():
     rr = {"trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}
     sc = build({"a": {"latency": "1ms", "calls": [{"to": "b"}, {"to": "b"}]},
@@ -247,7 +235,6 @@ def test_two_calls_to_the_same_multi_pod_service():
     assert sorted(calls["host"].astype(str)) == ["b-0", "b-1"]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=TWO_EXTERNALS_VIA_EGRESS)
 def test_two_external_hosts_behind_a_multi_pod_egress():
     sc = build({"a": {"latency": "1ms", "calls": [{"to": "x"}, {"to": "y"}]}}, [closed("a")],
                externalServices={"x": {"latency": "1ms"}, "y": {"latency": "1ms"}},

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 from conftest import assert_conserved, build, closed, everything, poisson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -256,11 +255,6 @@ def test_unrelated_client_keeps_leaf_service_times():
     assert first == service_times(meshsim.run(more, seed=11))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.py Engine._elaborate gives every client's ingress cluster the same sampler "
-    "_net('client', 'ingress') (stream 'network:client->ingress'), so with a random network a "
-    "second client's requests take draws from the first client's network stream and shift its "
-    "timings; design.md: adding a component must not shift other components' draws"))
 def test_unrelated_client_does_not_shift_network_draws():
     net = {"kind": "exponential", "mean": "1ms"}
     svc = {"a": {"latency": "5ms"}, "z": {"latency": "5ms"}}

@@ -152,16 +152,9 @@ def test_littles_law_on_the_timeseries():
         assert_in_ci(0.0, busy, f"{service}: busy_workers - λ·hold time")
 
 
-PARTIAL_LAST_BIN = (
-    "metrics.py timeseries line 90 `edges[-1] = max(edges[-1], end_time)` keeps the last edge at "
-    "ceil(T) when the run ends inside a bin (should be min): that bin's in_flight, queue_length "
-    "and busy_workers are averaged over a full interval reaching past the end, counting attempts "
-    "open at the end as open until the bin's end and diluting the others"
-)
 
 
-@pytest.mark.parametrize("duration", [
-    "30s", pytest.param("30.5s", marks=pytest.mark.xfail(strict=True, reason=PARTIAL_LAST_BIN))])
+@pytest.mark.parametrize("duration", ["30s", "30.5s"])
 def test_timeseries_in_flight_integrates_every_attempt(duration):
     # Sample-path Little: over the whole run, Σ_bins in_flight · bin width is exactly the total
     # time attempts were open, Σ (min(t_end, T) − t_start), in flight at the end included; the
