@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -38,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="simulate a scenario and print its summary")
     r.add_argument("file", metavar="FILE")
-    r.add_argument("--seed", type=int, help="seed of all randomness (default: the scenario's)")
+    r.add_argument("--seed", type=_seed, help="seed of all randomness (default: the scenario's)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a field, e.g. --set services.cart.replicas=4 (repeatable)")
     r.add_argument("--out", metavar="DIR", help="write the result files into DIR (atomically)")
@@ -47,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
     return p
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,12 +96,18 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import run
-    from .output import OutputError, write_run
+    from .output import OutputError, check_out_dir, write_run
     from .scenario import load_scenario, parse_overrides
 
     scenario = load_scenario(args.file)
     if args.overrides:
         scenario = scenario.with_overrides(parse_overrides(args.overrides), source="--set")
+    if args.out:
+        try:
+            check_out_dir(args.out)  # before the work, not after it
+        except OutputError as exc:
+            print(f"meshsim: {exc}", file=sys.stderr)
+            return EXIT_INPUT
     show_progress = not args.quiet and sys.stderr.isatty()
     progress = _progress_bar(scenario.duration, sys.stderr) if show_progress else None
     wall = time.perf_counter()
@@ -114,14 +129,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from .output import OutputError, write_text_atomic
     from .scenario import Scenario
 
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
     if args.out:
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+        try:
+            write_text_atomic(args.out, text)
+        except OutputError as exc:
+            print(f"meshsim: {exc}", file=sys.stderr)
+            return EXIT_INPUT
     else:
         sys.stdout.write(text)
     return EXIT_OK

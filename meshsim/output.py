@@ -7,6 +7,7 @@ directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,14 @@ import pandas as pd
 
 from .result import Result
 
-__all__ = ["OutputError", "atomic_dir", "summary_dict", "write_run"]
+__all__ = [
+    "OutputError",
+    "atomic_dir",
+    "check_out_dir",
+    "summary_dict",
+    "write_run",
+    "write_text_atomic",
+]
 
 #: Files a run directory holds (the requests file is ``.parquet`` or, without pyarrow, ``.csv``).
 RUN_FILES = ("summary.json", "timeseries.csv", "events.csv", "scenario.resolved.yaml")
@@ -56,11 +64,18 @@ def summary_dict(result: Result) -> dict[str, Any]:
     Times are seconds; NaN (no data) becomes ``null``.
     """
     table = result.summary()
+    rows = table.to_dict(orient="index")
+    for row in rows.values():
+        # Counts are integers; a column that also holds NaN for other scopes came out as float.
+        for key in ("requests", "successes", "in_flight_at_end"):
+            value = row.get(key)
+            if isinstance(value, float) and math.isfinite(value):
+                row[key] = int(value)
     return _clean({
         "scenario": result.scenario.name,
-        "seed": result.scenario.seed,
+        "seed": result.meta["seed"],
         "meta": result.meta,
-        "summary": table.to_dict(orient="index"),
+        "summary": rows,
     })
 
 
@@ -99,14 +114,7 @@ def atomic_dir(out: str | os.PathLike, fill: Callable[[Path], None], marker: str
     ``marker``); anything else is refused rather than destroyed.
     """
     out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(f"{out} exists and is not a directory")
-        if any(out.iterdir()) and not (out / marker).exists():
-            raise OutputError(
-                f"{out} exists and does not look like a meshsim output directory (no {marker}); "
-                "choose another --out or remove it"
-            )
+    check_out_dir(out, marker)
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -117,20 +125,67 @@ def atomic_dir(out: str | os.PathLike, fill: Callable[[Path], None], marker: str
         os.chmod(tmp, 0o777 & ~umask)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror}") from None
+    old: Path | None = None
     try:
-        fill(tmp)
-        old = None
+        try:
+            fill(tmp)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
             os.rmdir(old)
             os.replace(out, old)
         os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        # Put the earlier results back if they were moved aside and the new ones did not land.
+        if old is not None and old.exists() and not out.exists():
+            os.replace(old, out)
+            old = None
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def check_out_dir(out: str | os.PathLike, marker: str = "summary.json") -> None:
+    """Refuse, before any work is done, an output path that cannot be (re)placed.
+
+    An existing ``out`` is replaced only if it is empty or was written by meshsim (it holds
+    ``marker``); anything else is refused rather than destroyed.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / marker).exists():
+            raise OutputError(
+                f"{out} exists and does not look like a meshsim output directory (no {marker}); "
+                "choose another --out or remove it"
+            )
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file all or nothing (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def read_requests(directory: str | os.PathLike) -> pd.DataFrame:

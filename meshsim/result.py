@@ -118,9 +118,12 @@ class Result:
         events = pd.DataFrame({c: pd.Series(dtype="float64" if c == "t" else "object")
                                for c in EVENT_COLUMNS})
         sc = engine.scenario
+        seed = engine.seed
+        if isinstance(seed, np.random.SeedSequence):
+            seed = {"entropy": seed.entropy, "spawn_key": list(seed.spawn_key)}
         meta = {
             "scenario": sc.name,
-            "seed": sc.seed,
+            "seed": seed,
             "duration": sc.duration,
             "warmup": sc.warmup,
             "end_time": now,

@@ -407,7 +407,16 @@ def parse_path_lenient(text: str) -> tuple[str | int, ...]:
         return (text,)
 
 
+#: Maps of named things a --set may not create by accident (a typo would add a new service).
+_NAMED = ("services", "externalServices")
+
+
 def _set_path(data: Any, path: tuple[str | int, ...], value: Any) -> None:
+    if len(path) > 2 and path[0] in _NAMED and isinstance(data.get(path[0]), dict):
+        names = data[path[0]]
+        if path[1] not in names:
+            what = "service" if path[0] == "services" else "external service"
+            raise KeyError(_unknown(str(path[1]), set(names), what))
     node = data
     for i, key in enumerate(path[:-1]):
         nxt = path[i + 1]
@@ -599,7 +608,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not path.strip():
             issues.append(Issue((), f"expected PATH=VALUE, got {pair!r}"))
             continue
-        out[path.strip()] = parse_scalar(value)
+        out[path.strip()] = parse_scalar(value, source="--set", path=parse_path_lenient(path))
     if issues:
         raise ScenarioError("--set", issues)
     return out

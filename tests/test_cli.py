@@ -177,7 +177,7 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", str(MINIMAL), "--seed", "abc"])
     assert info.value.code == 2
-    assert "invalid int value: 'abc'" in capsys.readouterr().err
+    assert "--seed: expected a whole number >= 0, got 'abc'" in capsys.readouterr().err
 
 
 def test_version(capsys):
@@ -250,16 +250,13 @@ def test_seed_changes_the_requests(capsys, tmp_path):
     assert not a.equals(b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshsim/cli.py: --seed is not range-checked and engine.simulate() puts it in the "
-    "scenario with model_copy (no validation), so --seed -1 ends in 'internal error' (exit 1) "
-    "from numpy's SeedSequence instead of an input error (exit 2)",
-)
 def test_negative_seed_is_an_input_error(capsys):
-    code, _, err = cli_run(capsys, "run", MINIMAL, *SHORT, "--seed", "-1")
-    assert code == 2
-    assert "seed" in err and "internal error" not in err
+    with pytest.raises(SystemExit) as info:  # argparse's usage error: exit 2, before any work
+        main(["run", str(MINIMAL), *SHORT, "--seed", "-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed: expected a whole number >= 0, got -1" in err
+    assert "internal error" not in err
 
 
 def test_set_overrides_fields(capsys, tmp_path):
@@ -411,12 +408,6 @@ def test_error_while_writing_leaves_nothing(capsys, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshsim/output.py write_run/atomic_dir: an OSError while writing the files (disk "
-    "full, quota, permissions) is not turned into OutputError, so the CLI calls it an internal "
-    "error and 'a bug in meshsim' (exit 1) instead of a message with exit 2",
-)
 def test_disk_full_while_writing_is_not_an_internal_error(capsys, tmp_path, monkeypatch):
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -690,12 +681,6 @@ def test_schema_out_file(capsys, tmp_path):
     assert leftovers(tmp_path) == ["scenario.schema.json"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshsim/cli.py _schema: --out into a missing directory or onto a directory raises "
-    "OSError, reported as an internal error (exit 1); the directory case also leaves "
-    "OUT.tmpPID behind",
-)
 @pytest.mark.parametrize("where", ["missing-parent", "directory"])
 def test_schema_out_bad_path(capsys, tmp_path, where):
     target = tmp_path / "missing" / "s.json" if where == "missing-parent" else tmp_path / "dir"

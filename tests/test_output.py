@@ -188,13 +188,6 @@ def test_failure_while_replacing_keeps_the_earlier_directory_untouched_by_fill(
     assert siblings(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshsim/output.py atomic_dir: the earlier directory is moved to a hidden .old sibling "
-    "before the new one is renamed into place; if that rename fails (or Ctrl-C lands between the "
-    "two renames) the except clause removes only the temp dir, so OUT disappears and the earlier "
-    "results are left in .OUT.*.old",
-)
 def test_failed_final_rename_keeps_the_earlier_results(result, tmp_path, monkeypatch):
     out = tmp_path / "run"
     write_run(result, out)

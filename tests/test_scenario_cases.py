@@ -373,12 +373,6 @@ def test_parse_overrides_rejects_missing_equals():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_overrides calls parse_scalar(value) without the path, so a value that is not "
-    "valid YAML is reported at '(top level)' instead of at the field (meshsim/scenario.py "
-    "parse_overrides)",
-)
 def test_parse_overrides_names_the_path_of_bad_yaml():
     with pytest.raises(ScenarioError) as info:
         parse_overrides(["services.api.calls=[{to: db"])
