@@ -54,12 +54,13 @@ def _step_function(times: list[float], rates: list[float]) -> Callable[[float], 
     return rate_at
 
 
-
 class ConstantRate(Model):
     """A constant arrival rate."""
 
-    kind: Literal["constant"]
+    kind: Literal["constant"] = "constant"
+    """Always ``constant``; may be left out."""
     rate: NonNegRate
+    """Arrivals per unit of time, e.g. ``400/s``."""
 
     def rate_at(self, t: float) -> float:
         return self.rate
@@ -75,14 +76,18 @@ class RateStep(Model):
     """From time ``at`` on, arrivals come at ``rate``."""
 
     at: NonNegDuration
+    """When this step begins, counted from the start of the run, e.g. ``60s``."""
     rate: NonNegRate
+    """The rate from ``at`` until the next step (or the end of the run), e.g. ``400/s``."""
 
 
 class StepsRate(Model):
     """A piecewise-constant rate; before the first step the rate is 0."""
 
     kind: Literal["steps"]
+    """Always ``steps``."""
     steps: list[RateStep] = Field(min_length=1)
+    """The steps ``{at, rate}``, in increasing order of ``at``."""
 
     @field_validator("steps")
     @classmethod
@@ -106,8 +111,11 @@ class RampRate(Model):
     """A linear ramp from ``from`` to ``to`` during ``[start, start + over]``; flat outside."""
 
     kind: Literal["ramp"]
+    """Always ``ramp``."""
     from_rate: NonNegRate = Field(alias="from")
+    """The rate up to ``start``, e.g. ``100/s``."""
     to_rate: NonNegRate = Field(alias="to")
+    """The rate from ``start + over`` on, e.g. ``1000/s``."""
     start: NonNegDuration = 0.0
     """When the ramp begins."""
     over: PosDuration
@@ -128,10 +136,15 @@ class SinusoidalRate(Model):
     """A diurnal-style rate: ``mean + amplitude·sin(2π(t − phase)/period)``."""
 
     kind: Literal["sinusoidal"]
+    """Always ``sinusoidal``."""
     mean: Rate
+    """The average rate, e.g. ``400/s``."""
     amplitude: NonNegRate
+    """How far the rate swings above and below ``mean``; at most ``mean``."""
     period: PosDuration
+    """Length of one full cycle, e.g. ``24h``."""
     phase: Duration = 0.0
+    """Shift of the cycle: the rate rises through ``mean`` at ``phase``."""
 
     @model_validator(mode="after")
     def _non_negative(self) -> SinusoidalRate:
@@ -158,6 +171,7 @@ class TraceRate(Model):
     """
 
     kind: Literal["trace"]
+    """Always ``trace``."""
     file: str | None = None
     """CSV file with a header row ``t,rate``."""
     points: list[tuple[NonNegDuration, NonNegRate]] | None = None
@@ -248,9 +262,11 @@ class PoissonArrivals(Model):
     """
 
     kind: Literal["poisson"] = "poisson"
+    """Always ``poisson``; may be left out."""
     rate: RateProfile
+    """Mean arrivals per unit of time: a rate such as ``400/s``, or a rate profile."""
 
-    @field_validator("rate", mode="before")
+    @field_validator("rate", mode="before", json_schema_input_type=RateProfile | NonNegRate)
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         return _rate_shorthand(v)
@@ -266,6 +282,7 @@ class ClosedArrivals(Model):
     """Closed-loop users: each sends a request, waits for the answer, thinks, and repeats."""
 
     kind: Literal["closed"]
+    """Always ``closed``."""
     users: PositiveInt
     """Number of concurrent users."""
     think_time: Distribution = Field(default="1s", validate_default=True)
@@ -296,4 +313,4 @@ class Client(Model):
     headers: dict[str, str] = Field(default_factory=dict)
     """Request headers (used by header-based policies)."""
     arrival: Arrival
-
+    """How requests are sent: open loop (``{rate: 400/s}``) or closed loop (``{kind: closed}``)."""

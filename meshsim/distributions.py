@@ -19,10 +19,10 @@ from statistics import NormalDist
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from meshsim._base import Model
-from meshsim.units import Duration, NonNegDuration, PosDuration, format_duration
+from meshsim.units import MAX_SECONDS, Duration, NonNegDuration, PosDuration, format_duration
 
 __all__ = [
     "BaseDistribution",
@@ -119,7 +119,7 @@ class Constant(BaseDistribution):
     kind: Literal["constant"] = "constant"
     """Always ``constant``."""
     value: NonNegDuration
-    """The delay, a duration such as ``20ms`` (float seconds inside)."""
+    """The delay, a duration such as ``20ms``."""
 
     def mean(self) -> float:
         return self.value
@@ -185,14 +185,17 @@ class Uniform(BaseDistribution):
 
 
 class Normal(BaseDistribution):
-    """Normal delay truncated at zero, in seconds.
+    """Normal delay truncated at zero.
 
     ``mean`` and ``sd`` are those of the normal *before* truncation; negative draws are redrawn
-    (not clipped to zero), so ``mean()`` and ``variance()`` are those of the truncated normal.
-    ``mean`` may be negative but not below ``-3 sd``, where almost every draw would be rejected.
+    (not clipped to zero), so the delays average somewhat more than ``mean`` when ``sd`` is not
+    small next to it. ``mean`` may be negative but not below ``-3 sd``, where almost every draw
+    would be redrawn.
 
     YAML: ``{kind: normal, mean: 50ms, sd: 10ms}``.
     """
+
+    # mean() and variance() are those of the truncated normal.
 
     kind: Literal["normal"] = "normal"
     """Always ``normal``."""
@@ -241,18 +244,20 @@ class Normal(BaseDistribution):
 
 
 class Lognormal(BaseDistribution):
-    """Lognormal delay, in seconds, given by exactly one parameterisation.
+    """Lognormal delay, given by exactly one of three pairs of fields.
 
     - ``{median, p99}``: two durations, ``p99 > median``;
-    - ``{mu, sigma}``: mean and standard deviation of ``log(delay in seconds)``;
-    - ``{mean, cv}``: mean (a duration) and coefficient of variation (sd / mean).
+    - ``{mu, sigma}``: mean and standard deviation of the natural log of the delay in seconds;
+    - ``{mean, cv}``: mean (a duration) and coefficient of variation (standard deviation / mean).
 
-    The fields keep what was written; :attr:`log_mu` and :attr:`log_sigma` give the parameters of
-    ``log(seconds)`` whichever form was used.
+    The resolved scenario keeps the pair that was written.
 
     YAML: ``{kind: lognormal, median: 20ms, p99: 200ms}``,
     ``{kind: lognormal, mu: -4.6, sigma: 0.5}`` or ``{kind: lognormal, mean: 20ms, cv: 1.0}``.
     """
+
+    # The fields keep what was written; log_mu and log_sigma give the parameters of log(seconds)
+    # whichever pair was used.
 
     kind: Literal["lognormal"] = "lognormal"
     """Always ``lognormal``."""
@@ -310,14 +315,15 @@ class Lognormal(BaseDistribution):
 
 
 class Gamma(BaseDistribution):
-    """Gamma delay, in seconds, given as ``{shape, scale}`` or as ``{mean, cv}``.
+    """Gamma delay, given as ``{shape, scale}`` or as ``{mean, cv}``.
 
-    ``shape`` is k (dimensionless), ``scale`` is theta (a duration); ``{mean, cv}`` means
-    ``k = 1 / cv**2`` and ``theta = mean * cv**2``. :attr:`k` and :attr:`theta` give them either
-    way.
+    ``{mean, cv}`` is the same delay as ``shape`` = 1 / cv² and ``scale`` = mean · cv².
 
     YAML: ``{kind: gamma, shape: 2, scale: 5ms}`` or ``{kind: gamma, mean: 10ms, cv: 0.7}``.
     """
+
+    # The fields keep what was written; k (shape) and theta (scale, seconds) give the parameters
+    # whichever pair was used.
 
     kind: Literal["gamma"] = "gamma"
     """Always ``gamma``."""
@@ -356,7 +362,7 @@ class Gamma(BaseDistribution):
 
 
 class Weibull(BaseDistribution):
-    """Weibull delay, in seconds: ``P(X > x) = exp(-(x / scale) ** shape)``.
+    """Weibull delay: a delay exceeds x with probability exp(−(x / scale)^shape).
 
     YAML: ``{kind: weibull, shape: 1.5, scale: 20ms}``.
     """
@@ -380,13 +386,15 @@ class Weibull(BaseDistribution):
 
 
 class Pareto(BaseDistribution):
-    """Classic (type I) Pareto delay, in seconds: ``P(X > x) = (scale / x) ** shape``, x >= scale.
+    """Classic (type I) Pareto delay: a delay exceeds x ≥ scale with probability (scale / x)^shape.
 
-    The mean is infinite for ``shape <= 1`` and the variance for ``shape <= 2``; ``mean()`` and
-    ``variance()`` then return ``None``.
+    The mean delay is infinite for ``shape`` ≤ 1 and its variance for ``shape`` ≤ 2: rare draws
+    are then huge, and results vary a lot from run to run.
 
     YAML: ``{kind: pareto, shape: 2.5, scale: 10ms}``.
     """
+
+    # mean() and variance() return None where they are infinite.
 
     kind: Literal["pareto"] = "pareto"
     """Always ``pareto``."""
@@ -506,11 +514,12 @@ class MixtureComponent(Model):
 class Mixture(BaseDistribution):
     """Each draw comes from one component, chosen with probability proportional to its weight.
 
-    Useful for a fast path with occasional slow requests (cache misses, GC pauses). All values are
-    seconds; ``mean()`` and ``variance()`` are ``None`` if any component's is.
+    Useful for a fast path with occasional slow requests (cache misses, GC pauses).
 
     YAML: ``{kind: mixture, components: [{weight: 0.9, dist: 10ms}, {weight: 0.1, dist: 200ms}]}``.
     """
+
+    # mean() and variance() are None if any component's is.
 
     kind: Literal["mixture"] = "mixture"
     """Always ``mixture``."""
@@ -521,7 +530,12 @@ class Mixture(BaseDistribution):
     def weights(self) -> np.ndarray:
         """Normalised weights, summing to 1."""
         w = np.array([c.weight for c in self.components])
-        return w / w.sum()
+        with np.errstate(over="ignore"):
+            total = w.sum()
+        if not np.isfinite(total):  # huge weights: scale them down before adding them up
+            w = w / w.max()
+            total = w.sum()
+        return w / total
 
     def mean(self) -> float | None:
         means = [c.dist.mean() for c in self.components]
@@ -575,12 +589,38 @@ def _shorthand(value: Any) -> Any:
     return value
 
 
+def _check_moments(dist: BaseDistribution) -> BaseDistribution:
+    """Refuse parameters that put delays beyond any simulated time (where float maths overflows).
+
+    Durations are capped at ``MAX_SECONDS``; the shapes, ``sigma`` and ``cv`` are plain numbers, so
+    the mean and variance they give are checked instead.
+    """
+    try:
+        mean, variance = dist.mean(), dist.variance()
+    except (OverflowError, ZeroDivisionError):
+        mean = variance = math.inf
+    if mean is not None and not mean <= MAX_SECONDS:  # `not <=` catches nan too
+        size = f"a mean delay of {mean:.3g} s" if math.isfinite(mean) else "an infinite mean delay"
+        raise ValueError(
+            f"{dist.kind} with these parameters has {size} "
+            "(expected a mean of at most 1e12 s, about 31,700 years)"
+        )
+    if variance is not None and not math.isfinite(variance):
+        raise ValueError(
+            f"{dist.kind} with these parameters spreads delays too widely to compute (its "
+            "variance overflows); expected a smaller sigma or cv, or a larger shape"
+        )
+    return dist
+
+
 _Tagged = Annotated[_KINDS, Field(discriminator="kind")]
 
 #: Any distribution, chosen by its ``kind``; a bare duration such as ``20ms`` means a constant.
 #: Use it as a field type: ``latency: Distribution``.
 Distribution = Annotated[
-    _Tagged, BeforeValidator(_shorthand, json_schema_input_type=_Tagged | str | float)
+    _Tagged,
+    BeforeValidator(_shorthand, json_schema_input_type=_Tagged | str | float),
+    AfterValidator(_check_moments),
 ]
 
 MixtureComponent.model_rebuild()

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Discriminator, Tag, ValidationError
 
 if TYPE_CHECKING:
     from meshsim.yamlio import LineMap
@@ -283,7 +283,15 @@ def _tag_draft(
     tags = _QUOTED.findall(ctx.get("expected_tags", "")) or _union_tags(
         _type_at(model, path, data), name
     )
-    if name is None:  # a callable discriminator: no field to point at
+    if (
+        name is None
+        and kind == "union_tag_invalid"
+        and isinstance(value, Mapping)
+        and "kind" in value
+        and str(value["kind"]) == str(ctx.get("tag"))
+    ):
+        name = "kind"  # a callable discriminator names no field, but this tag is the `kind`
+    if name is None:  # a callable discriminator whose tag comes from elsewhere
         text = "could not tell which kind of value this is"
         return _Draft(path, "text", f"{text} (expected one of: {_listing(tags)})" if tags else text)
     if kind == "union_tag_not_found":
@@ -298,9 +306,13 @@ def _tag_draft(
 
 def _unknown_field(path: FieldPath, model: type[BaseModel], data: Any) -> str:
     key = path[-1] if path else "?"
-    owner = _resolve(_type_at(model, path[:-1], data), _value_at(data, path[:-1]))
+    tp, value = _type_at(model, path[:-1], data), _value_at(data, path[:-1])
+    owner = _resolve(tp, value)
     names = _field_names(owner) if _is_model(owner) else []
-    hint = _suggest(key, names)
+    # A typo can also be the key that would have chosen another member (`parallell` for a fan-out).
+    members = [_resolve(m, None) for m in _union_members(tp) or []]
+    siblings = [n for m in members if _is_model(m) for n in _field_names(m)]
+    hint = _suggest(key, names) or _suggest(key, siblings)
     if hint or not names:
         return f"unknown field {_show(key)}{hint}"
     return f"unknown field {_show(key)}; expected one of: {_listing(names)}"
@@ -415,7 +427,9 @@ def _child(tp: Any, segment: Any) -> Any:
     if _is_model(tp):
         for name, info in tp.model_fields.items():
             if segment in (name, info.alias, info.validation_alias):
-                return info.annotation
+                # pydantic moves a field's outer metadata (a Discriminator) off the annotation
+                meta = [m for m in info.metadata if isinstance(m, Discriminator)]
+                return Annotated[(info.annotation, *meta)] if meta else info.annotation
         return None
     origin, args = get_origin(tp), get_args(tp)
     if origin in (list, set, frozenset, Sequence) and args:
@@ -430,40 +444,76 @@ def _child(tp: Any, segment: Any) -> Any:
 
 
 def _union_members(tp: Any) -> list[Any] | None:
-    """The members of a union of two or more non-null types (``Annotated`` stripped), else None."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
+    """The members of a union of two or more non-null types (``Annotated`` kept), else None."""
+    tp, _ = _unwrap(tp)
     if get_origin(tp) not in (Union, types.UnionType):
         return None
     members = [m for m in get_args(tp) if m is not type(None)]
     if len(members) == 1:
         return _union_members(members[0])
-    return [_resolve(m, None) for m in members]
+    return members
+
+
+def _unwrap(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Strip ``Annotated``: the bare type and the metadata of every layer."""
+    meta: tuple[Any, ...] = ()
+    while get_origin(tp) is Annotated:
+        tp, *more = get_args(tp)
+        meta += tuple(more)
+    return tp, meta
+
+
+def _tag_of(tp: Any) -> str | None:
+    """The ``Tag`` of a member of a union chosen by a callable ``Discriminator``."""
+    return next((m.tag for m in _unwrap(tp)[1] if isinstance(m, Tag)), None)
 
 
 def _resolve(tp: Any, value: Any) -> Any:
-    """Strip ``Annotated`` and ``Optional``; pick the union member named by ``value['kind']``."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
+    """Strip ``Annotated`` and ``Optional``; pick the union member that ``value`` is meant to be.
+
+    The member is the one a callable ``Discriminator`` picks for ``value``, else the one whose
+    ``kind`` choices include ``value['kind']``, else the only model member.
+    """
+    tp, meta = _unwrap(tp)
     if get_origin(tp) in (Union, types.UnionType):
         members = [m for m in get_args(tp) if m is not type(None)]
         if len(members) == 1:
             return _resolve(members[0], value)
+        tag = _discriminate(meta, value)
+        for m in members:
+            if tag is not None and _tag_of(m) == tag:
+                return _resolve(m, value)
+        bare = [_unwrap(m)[0] for m in members]
         if isinstance(value, dict) and "kind" in value:
-            for m in members:
+            for m in bare:
                 if _is_model(m) and value["kind"] in _choices(_child(m, "kind")):
                     return m
-        models = [m for m in members if _is_model(m)]
+        models = [m for m in bare if _is_model(m)]
         if len(models) == 1 and isinstance(value, dict):
             return models[0]
     return tp
 
 
+def _discriminate(meta: Sequence[Any], value: Any) -> str | None:
+    """The tag a callable ``Discriminator`` in ``meta`` gives a mapping ``value``, if any."""
+    if not isinstance(value, Mapping):
+        return None
+    for m in meta:
+        if isinstance(m, Discriminator) and callable(m.discriminator):
+            try:
+                return m.discriminator(value)
+            except Exception:  # the discriminator is user code: no tag rather than a crash
+                return None
+    return None
+
+
 def _member_named(members: list[Any], segment: Any) -> Any:
     """The union member pydantic names ``segment`` in a loc: by tag or by class name."""
-    for m in members:
+    for member in members:
+        m = _resolve(member, None)
         if _is_model(m) and (
-            segment == m.__name__
+            segment == _tag_of(member)
+            or segment == m.__name__
             or any(segment in _choices(info.annotation) for info in m.model_fields.values())
         ):
             return m
@@ -485,7 +535,8 @@ def _choices(tp: Any) -> list[Any]:
 def _union_tags(tp: Any, name: str | None) -> list[str]:
     tp = _resolve(tp, None)
     members = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
-    return [str(c) for m in members if _is_model(m) and name for c in _choices(_child(m, name))]
+    models = [_resolve(m, None) for m in members]
+    return [str(c) for m in models if _is_model(m) and name for c in _choices(_child(m, name))]
 
 
 def _is_model(tp: Any) -> bool:

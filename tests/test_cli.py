@@ -56,10 +56,7 @@ RUN_FILES = [
 ]
 
 #: Invalid cases whose input currently ends in an internal error (exit 1) instead of exit 2.
-EXIT_BUGS = {
-    "huge-negative-warmup": "meshsim/units.py format_duration raises OverflowError for -1e306 "
-    "while formatting the validation message; the CLI reports an internal error (exit 1)",
-}
+EXIT_BUGS: dict[str, str] = {}
 
 
 def cli_run(capsys, *args: Any) -> tuple[int, str, str]:
@@ -635,40 +632,7 @@ def test_schema_rejects_what_the_loader_rejects(schema):
     assert schema_errors(schema, {k: v for k, v in data.items() if k != "workload"})
 
 
-#: Valid cases the schema refuses, each because of the gaps named in the xfail reason.
-SCHEMA_GAPS = {
-    "calls",
-    "dist-heavy",
-    "dist-lognormal-gamma",
-    "dist-simple",
-    "errors",
-    "external",
-    "external-egress",
-    "lb-policies",
-    "minimal",
-    "rate-profiles",
-    "units",
-}
-_GAP_REASON = (
-    "meshsim schema: PoissonArrivals.rate allows only rate-profile objects, not the documented "
-    "shorthand `rate: 400/s` (or a bare number), and the duration pattern refuses Go compound "
-    "durations such as 1m30s; editors using the schema flag valid files"
-)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            p,
-            id=p.stem,
-            marks=[pytest.mark.xfail(strict=True, reason=_GAP_REASON)]
-            if p.stem in SCHEMA_GAPS
-            else [],
-        )
-        for p in VALID
-    ],
-)
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in VALID])
 def test_schema_accepts_valid_case(schema, path):
     assert schema_errors(schema, as_json(path)) == []
 
