@@ -40,6 +40,7 @@ from .arrivals import (
 )
 from .distributions import Distribution
 from .errors import Issue, ScenarioError, from_validation_error
+from .istio import DestinationRule, HTTPRoute, TrafficPolicy, VirtualService
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 
@@ -234,35 +235,21 @@ class ExternalService(Model):
 # Mesh
 # --------------------------------------------------------------------------------------------
 
-LbPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"]
-
-
-class LoadBalancerSettings(Model):
-    """Istio ``trafficPolicy.loadBalancer``."""
-
-    simple: LbPolicy | None = None
-    """``ROUND_ROBIN``, ``LEAST_REQUEST`` (power of two choices over active requests), ``RANDOM``.
-    ``LEAST_CONN`` is Istio's deprecated alias of ``LEAST_REQUEST``. Unset: Istio's default
-    ``LEAST_REQUEST`` (plain Envoy: ``ROUND_ROBIN``)."""
-
-
-class TrafficPolicy(Model):
-    """Istio ``DestinationRule.trafficPolicy`` (the fields meshsim simulates so far)."""
-
-    load_balancer: LoadBalancerSettings = LoadBalancerSettings()
-
-
-class DestinationRule(Model):
-    """Istio ``DestinationRule.spec`` for one host: what every caller applies when calling it."""
-
-    traffic_policy: TrafficPolicy = TrafficPolicy()
-
-
 class Gateway(Model):
-    """An Istio gateway deployment (Envoy pods that proxy without a worker limit)."""
+    """An Istio gateway deployment (Envoy pods that proxy without a worker limit).
+
+    A gateway is a client proxy like any sidecar: it applies the mesh's ``destinationRules``
+    to the hosts it calls. Routes bound to the gateway are its own, as in Istio, where a
+    ``VirtualService`` applies to sidecars (``gateways: [mesh]``) or to named gateways.
+    """
 
     replicas: PositiveInt = 2
     """Gateway pods; clients spread evenly over them (as a cloud load balancer does)."""
+    destination_rules: dict[str, DestinationRule] = Field(default_factory=dict)
+    """Rules that apply at this gateway only, replacing the mesh's rule for the same host (an
+    Istio ``DestinationRule`` with a ``workloadSelector`` for the gateway)."""
+    virtual_services: dict[str, VirtualService] = Field(default_factory=dict)
+    """Routes bound to this gateway, by host (unset: Istio's default route and retry policy)."""
 
 
 def _default_overhead() -> dict[str, str]:
@@ -292,6 +279,8 @@ class Mesh(Model):
     sidecar: Sidecar = Sidecar()
     destination_rules: dict[str, DestinationRule] = Field(default_factory=dict)
     """Istio ``DestinationRule`` specs by host (service or external service name)."""
+    virtual_services: dict[str, VirtualService] = Field(default_factory=dict)
+    """Istio ``VirtualService`` specs by host, as the sidecars apply them."""
 
 
 class Network(Model):
@@ -331,19 +320,50 @@ class Scenario(Model):
 
     # ---- derived settings (the defaults that depend on other fields live here too) ----------
 
-    def lb_policy(self, host: str) -> str:
+    def traffic_policy(self, host: str, gateway: str | None = None) -> TrafficPolicy:
+        """The ``trafficPolicy`` a client proxy applies to ``host`` (empty if none is set).
+
+        ``gateway`` (``"ingress"`` / ``"egress"``) selects that gateway's own rules first.
+        """
+        rule = None
+        if gateway is not None:
+            rule = self._gateway(gateway).destination_rules.get(host)
+        if rule is None:
+            rule = self.mesh.destination_rules.get(host)
+        if rule is None or rule.traffic_policy is None:
+            return TrafficPolicy()
+        return rule.traffic_policy
+
+    def http_route(self, host: str, gateway: str | None = None) -> HTTPRoute | None:
+        """The route a client proxy applies to requests for ``host``: the first ``http`` route
+        of its ``VirtualService`` (the gateway's own, for a gateway), or None for Istio's
+        default route."""
+        services = self._gateway(gateway).virtual_services if gateway is not None \
+            else self.mesh.virtual_services
+        vs = services.get(host)
+        return vs.http[0] if vs is not None else None
+
+    def lb_policy(self, host: str, gateway: str | None = None) -> str:
         """The load-balancing policy callers use for ``host`` (Istio or Envoy default if unset)."""
-        rule = self.mesh.destination_rules.get(host)
-        simple = rule.traffic_policy.load_balancer.simple if rule else None
-        if simple is None:
+        lb = self.traffic_policy(host, gateway).load_balancer
+        simple = lb.simple if lb is not None else None
+        if simple is None or simple == "UNSPECIFIED":
             simple = "LEAST_REQUEST" if self.mesh.istio_defaults else "ROUND_ROBIN"
         return "LEAST_REQUEST" if simple == "LEAST_CONN" else simple
+
+    def _gateway(self, name: str) -> Gateway:
+        gw = self.mesh.ingress_gateway if name == "ingress" else self.mesh.egress_gateway
+        return gw if gw is not None else Gateway()
 
     # ---- serialisation ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The scenario with every default filled in, as plain YAML-ready data (camelCase keys)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The scenario with every default filled in, as plain YAML-ready data (camelCase keys).
+
+        Unset optional fields (``None``) are left out: for Istio's blocks "unset" is a value of
+        its own, which a reload gives back.
+        """
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_yaml(self) -> str:
         """The resolved scenario as YAML; loading it gives back an equal scenario."""
@@ -544,11 +564,16 @@ def cross_check(sc: Scenario) -> list[Issue]:
         seen.add(cl.client)
         if cl.entry not in services:
             issues.append(Issue(("workload", i, "entry"), _unknown(cl.entry, services, "service")))
-    for host in sc.mesh.destination_rules:
-        if host not in known:
-            issues.append(
-                Issue(("mesh", "destinationRules", host), _unknown(host, known, "host"))
-            )
+    blocks = [(("mesh",), sc.mesh)]
+    blocks += [(("mesh", "ingressGateway"), sc.mesh.ingress_gateway)]
+    if sc.mesh.egress_gateway is not None:
+        blocks += [(("mesh", "egressGateway"), sc.mesh.egress_gateway)]
+    for where, block in blocks:
+        for field, hosts in (("destinationRules", block.destination_rules),
+                             ("virtualServices", block.virtual_services)):
+            for host in hosts:
+                if host not in known:
+                    issues.append(Issue((*where, field, host), _unknown(host, known, "host")))
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))

@@ -205,9 +205,9 @@ def test_valid_cases_cover_every_feature():
     assert any(not c.via_ingress for sc in scenarios for c in sc.workload)
     assert any(not sc.mesh.istio_defaults for sc in scenarios)
     policies = {
-        rule.traffic_policy.load_balancer.simple
+        sc.traffic_policy(host).load_balancer and sc.traffic_policy(host).load_balancer.simple
         for sc in scenarios
-        for rule in sc.mesh.destination_rules.values()
+        for host in sc.mesh.destination_rules
     }
     assert {"ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", None} <= policies
 

@@ -330,6 +330,9 @@ class OutlierDetector:
         self._lb_ejected: frozenset[int] = frozenset()
         self._last_applied = -math.inf
         self._pending_at: float | None = None
+        #: Bumped on every ejection or un-ejection, so a load balancer can cache its list of
+        #: available hosts and rebuild it only when this (or a due merged update) changes.
+        self.changes = 0
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -589,6 +592,7 @@ class OutlierDetector:
             self._last_applied = self._pending_at
             self._pending_at = None
         self.hosts[host].ejected = ejected
+        self.changes += 1
         if ejected:
             self._ejected.add(host)
         else:

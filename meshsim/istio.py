@@ -1,0 +1,187 @@
+"""Istio resources in their own shape: ``DestinationRule`` and ``VirtualService`` specs.
+
+Field names, nesting and duration strings are Istio's (``networking.istio.io/v1``), so a block can
+be copied between a manifest's ``spec`` and a scenario unchanged. Fields meshsim does not simulate
+are refused rather than silently ignored. An unset field stays ``None``: Istio distinguishes
+"unset" from 0 in several places (e.g. ``consecutive5xxErrors``), and the translation into the
+Envoy configuration a proxy runs with, including every Istio default, happens once in
+:mod:`meshsim.policies` (``from_istio`` of each policy), exactly as istiod does it.
+
+Sources: ``istio/api`` ``networking/v1alpha3/destination_rule.proto`` and
+``virtual_service.proto``; ``../shared/envoy-semantics.md`` §1.6, §2.1, §4.3 and §11.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from ._base import Model
+from .units import NonNegDuration, PosDuration
+
+__all__ = [
+    "ConnectionPoolSettings",
+    "DestinationRule",
+    "HTTPRetry",
+    "HTTPRoute",
+    "LoadBalancerSettings",
+    "OutlierDetection",
+    "RetryBudget",
+    "TrafficPolicy",
+    "VirtualService",
+    "istio_dict",
+]
+
+Count = Annotated[int, Field(ge=0)]
+Percent100 = Annotated[int, Field(ge=0, le=100)]
+LbPolicy = Literal["UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"]
+
+
+def istio_dict(model: Model | None) -> dict[str, Any]:
+    """The fields set in an Istio block, by Istio name, durations as float seconds."""
+    if model is None:
+        return {}
+    return model.model_dump(by_alias=True, exclude_none=True)
+
+
+class LoadBalancerSettings(Model):
+    """``trafficPolicy.loadBalancer``."""
+
+    simple: LbPolicy | None = None
+    """``ROUND_ROBIN``, ``LEAST_REQUEST`` (two random choices, fewer active requests wins),
+    ``RANDOM``; ``LEAST_CONN`` is Istio's deprecated alias of ``LEAST_REQUEST``. Unset or
+    ``UNSPECIFIED``: Istio's default ``LEAST_REQUEST`` (plain Envoy: ``ROUND_ROBIN``)."""
+
+
+class TcpKeepalive(Model):
+    """``connectionPool.tcp.tcpKeepalive`` (accepted; keep-alive probes are not simulated)."""
+
+    probes: Count | None = None
+    time: PosDuration | None = None
+    interval: PosDuration | None = None
+
+
+class TcpSettings(Model):
+    """``connectionPool.tcp``."""
+
+    max_connections: Count | None = None
+    """Connections to all hosts of the destination, per client proxy (Istio default 2^32−1)."""
+    connect_timeout: PosDuration | None = None
+    """TCP connect timeout (Istio default 10 s); a connect failure answers 503 ``UF``."""
+    tcp_keepalive: TcpKeepalive | None = None
+    """Accepted for copy-paste compatibility; not simulated."""
+    max_connection_duration: PosDuration | None = None
+    """Accepted; not simulated yet."""
+    idle_timeout: PosDuration | None = None
+    """Accepted; idle connections are kept for the whole run (Istio default 1 h)."""
+
+
+class HttpSettings(Model):
+    """``connectionPool.http``."""
+
+    http1_max_pending_requests: Count | None = None
+    """Requests waiting for a connection, per client proxy (HTTP/1.1 and HTTP/2 alike)."""
+    http2_max_requests: Count | None = None
+    """Concurrent requests to the destination, per client proxy (HTTP/1.1 too)."""
+    max_requests_per_connection: Count | None = None
+    """Requests per connection before it is closed; 1 disables keep-alive; unset: unlimited."""
+    max_retries: Count | None = None
+    """Concurrent retries to the destination, per client proxy (Istio default 2^32−1)."""
+    idle_timeout: PosDuration | None = None
+    """Accepted; not simulated (connections are kept for the whole run)."""
+    h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
+    """``UPGRADE`` makes the client proxy talk HTTP/2 upstream (mesh default: HTTP/1.1)."""
+    use_client_protocol: bool | None = None
+    """Use the downstream protocol upstream (meshsim's clients speak HTTP/1.1)."""
+    max_concurrent_streams: Count | None = None
+    """HTTP/2 streams per connection (only when the cluster speaks HTTP/2)."""
+
+
+class ConnectionPoolSettings(Model):
+    """``trafficPolicy.connectionPool``: Envoy's circuit-breaker thresholds."""
+
+    tcp: TcpSettings | None = None
+    http: HttpSettings | None = None
+
+
+class OutlierDetection(Model):
+    """``trafficPolicy.outlierDetection``: ejecting misbehaving hosts from the pool."""
+
+    split_external_local_origin_errors: bool | None = None
+    """Count connect failures and timeouts apart from upstream 5xx responses."""
+    consecutive_local_origin_failures: Count | None = None
+    """Local-origin failures in a row before ejection (with the split on)."""
+    consecutive_gateway_errors: Count | None = None
+    """502/503/504 in a row before ejection (unset: counted but not enforced)."""
+    consecutive_5xx_errors: Count | None = Field(default=None, alias="consecutive5xxErrors")
+    """5xx in a row before ejection (unset: Envoy's 5; 0 disables)."""
+    interval: PosDuration | None = None
+    """Time between ejection sweeps; hosts come back only on these ticks (default 10 s)."""
+    base_ejection_time: PosDuration | None = None
+    """Minimum ejection time, multiplied by the number of ejections (default 30 s)."""
+    max_ejection_percent: Percent100 | None = None
+    """Most hosts that may be ejected, in percent (default 10: with fewer than 10 hosts, none)."""
+    min_health_percent: Percent100 | None = None
+    """Panic threshold: below this share of healthy hosts, balance over all of them (default 0:
+    never, so all hosts ejected means 503 ``UH``)."""
+
+
+class RetryBudget(Model):
+    """``trafficPolicy.retryBudget``: a retry limit growing with traffic (replaces maxRetries)."""
+
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Concurrent retries as a percentage of active plus pending requests (default 20)."""
+    min_retry_concurrency: Count | None = None
+    """Retries always allowed, whatever the traffic (default 3)."""
+
+
+class TrafficPolicy(Model):
+    """``DestinationRule.spec.trafficPolicy``."""
+
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    retry_budget: RetryBudget | None = None
+
+
+class DestinationRule(Model):
+    """``DestinationRule.spec`` for one host: what every client proxy applies when calling it."""
+
+    traffic_policy: TrafficPolicy | None = None
+
+
+class HTTPRetry(Model):
+    """``VirtualService.spec.http[].retries``."""
+
+    attempts: Count
+    """Retries (not tries) allowed for a request; 0 disables retries."""
+    per_try_timeout: PosDuration | None = None
+    """Timeout of each try, the first included; unset: only the route timeout applies."""
+    retry_on: str | None = None
+    """Comma-separated Envoy conditions (``5xx``, ``gateway-error``, ``connect-failure``, ...)
+    and status codes (``503``). Unset: ``connect-failure,refused-stream,unavailable,cancelled,
+    retriable-status-codes``."""
+    retry_remote_localities: bool | None = None
+    """Retry in other localities (meshsim has one locality: no effect)."""
+    retry_ignore_previous_hosts: bool | None = None
+    """Prefer hosts not tried before (Istio default true)."""
+    backoff: PosDuration | None = None
+    """Base retry back-off (default 25 ms; the cap is 10 × base)."""
+
+
+class HTTPRoute(Model):
+    """One ``VirtualService.spec.http[]`` route (meshsim applies the first route of a host)."""
+
+    name: str | None = None
+    timeout: NonNegDuration | None = None
+    """Route timeout covering all tries and back-off (Istio default: none; plain Envoy: 15 s)."""
+    retries: HTTPRetry | None = None
+    """Retry policy; unset: Istio's default (2 retries on connect failures, not on 503)."""
+
+
+class VirtualService(Model):
+    """``VirtualService.spec`` for one host, as its clients apply it."""
+
+    http: list[HTTPRoute] = Field(min_length=1)
+    """Routes; meshsim applies the first one to every request (matches come later)."""
