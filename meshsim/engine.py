@@ -14,6 +14,7 @@ works (:mod:`meshsim.service`), one event for the response leg, and a record row
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from heapq import heappush
@@ -24,7 +25,12 @@ import simpy
 
 from . import rng as rng_mod
 from .distributions import Constant
+from .istio import TrafficPolicy, istio_dict
+from .policies.connection_pool import ConnectionPool, PoolConfig
+from .policies.outlier import OutlierConfig, OutlierDetector
+from .policies.retry import RetryPolicy
 from .result import Result
+from .router import Router
 from .scenario import BurstyErrors, Call, Scenario
 from .service import GatewayPod, Pod, bursty_state
 from .sidecar import Cluster
@@ -46,11 +52,19 @@ class _Callback:
 
 
 class Attempt:
-    """One attempt of one hop: a row of the ``requests`` table while it is in flight."""
+    """One attempt of one hop: a row of the ``requests`` table while it is in flight.
+
+    The lean path (:meth:`Engine.send` without policies) sets only what it needs; ``call``,
+    ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts.
+    """
 
     __slots__ = (
+        "abandoned",
+        "attempt",
+        "call",
         "client",
         "cluster",
+        "conn",
         "dest",
         "failed",
         "flags",
@@ -67,9 +81,19 @@ class Attempt:
         "step",
         "t_arrive",
         "t_begin",
+        "t_end",
         "t_reply",
         "t_start",
     )
+
+
+class _NoHost:
+    """The ``host`` of a local reply that never reached a pod (503 ``UH``)."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int):
+        self.code = code
 
 
 class Names:
@@ -119,6 +143,9 @@ class Engine:
         self.hosts = Names()
         self.client_names = Names()
         self.flag_names = Names(["-"])
+        self.no_host = _NoHost(self.hosts.code("-"))
+        self.clusters: list[Cluster] = []
+        self.router = Router(self)
         self._elaborate()
 
     # ---- scheduling --------------------------------------------------------------------------
@@ -151,6 +178,9 @@ class Engine:
     def send(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None) -> None:
         """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy;
         ``route_to`` is where a gateway upstream forwards the request next."""
+        if cluster.policy_path:
+            self.router.start(parent, cluster, optional, route_to)
+            return
         a = Attempt()
         a.req = parent.req
         a.client = parent.client
@@ -184,7 +214,8 @@ class Engine:
         """The callee of ``a`` answers ``status`` now; the answer travels back to the caller."""
         a.status = status
         a.t_reply = self.env._now
-        self.later(a.cluster.back_delay(), self.respond_cb, a)
+        cluster = a.cluster
+        self.later(cluster.back_delay(), cluster.respond_cb, a)
 
     def _respond(self, ev: Any) -> None:
         a = ev._value
@@ -198,7 +229,11 @@ class Engine:
         if parent is None:
             a.client.done(a)
         else:
-            parent.host.child_done(parent, a)
+            parent.host.child_done(parent, a.status, a.flags, a.optional)
+
+    def flag_code(self, flags: str) -> int:
+        """Code of an Envoy response-flags string (``"-"`` is 0) in the records."""
+        return self.flag_names.code(flags)
 
     def in_flight(self) -> list[Attempt]:
         """Attempts not answered yet, found from what the simulation still holds.
@@ -208,10 +243,21 @@ class Engine:
         calls, one of which is then in one of these states: so walking up the parents of the
         first three finds them all, without any bookkeeping in the hot path.
         """
+        from .router import Call
+
         found: dict[int, Attempt] = {}
         seeds = [item[3]._value for item in self._queue]
         seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
+        # The router's attempts may also wait in a connection pool, and a call between two
+        # attempts (back-off) is held only by its timer: its caller is still waiting.
+        for cl in self.clusters:
+            if cl.pool is not None:
+                seeds += [a for hp in cl.pool.hosts for a in hp.pending]
         for a in seeds:
+            if isinstance(a, Call):
+                if a.done:
+                    continue  # a spent route timer
+                a = a.parent if a.current is None else a.current
             while isinstance(a, Attempt) and a.span not in found:
                 found[a.span] = a
                 a = a.parent
@@ -276,9 +322,11 @@ class Engine:
                 # Each client has its own network stream, so adding a client never shifts the
                 # draws another one sees.
                 net = self._net(f"client:{cl.client}", "ingress")
-                entry = Cluster("ingress", self.nodes.code("ingress"), gws, "RANDOM",
+                entry = Cluster(f"client:{cl.client}", "ingress", self.nodes.code("ingress"),
+                                gws, "RANDOM",
                                 streams.uniform(f"gateway:{cl.client}") if len(gws) > 1 else None,
                                 net, net)
+                entry.respond_cb = self.respond_cb
                 route_to = cl.entry
             else:
                 entry = self._cluster(f"client:{cl.client}", f"client:{cl.client}", cl.entry)
@@ -319,14 +367,62 @@ class Engine:
         sc = self.scenario
         label, _ = self._upstream(source, dest)
         hosts = self.pods[label]
-        policy = sc.lb_policy(label)
+        gateway = source if source in ("ingress", "egress") else None
+        policy = sc.lb_policy(label, gateway)
         uniform = self.streams.uniform(f"lb:{proxy}->{label}") if len(hosts) > 1 else None
         # The hop overhead is that of two proxies; a hop with a proxy at one end only (a client
         # without a sidecar, an external host) pays the network alone.
         mesh_hop = not source.startswith("client") and label not in sc.external_services
         out = self._hop_out(source, label, mesh_hop)
-        return Cluster(label, self.nodes.code(label), hosts, policy, uniform, out,
-                       self._net(source, label))
+        cl = Cluster(proxy, label, self.nodes.code(label), hosts, policy, uniform, out,
+                     self._net(source, label))
+        cl.respond_cb = self.respond_cb
+        if not source.startswith("client"):
+            self._policies(cl, proxy, dest, gateway)
+        self.clusters.append(cl)
+        return cl
+
+    def _policies(self, cl: Cluster, proxy: str, dest: str, gateway: str | None) -> None:
+        """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.
+
+        The Istio blocks are translated as istiod translates them (``from_istio`` of each
+        policy); where the scenario is silent, Istio's defaults apply (plain Envoy's with
+        ``istioDefaults: false``).
+        """
+        sc = self.scenario
+        istio = sc.mesh.istio_defaults
+        # Calls to the egress gateway use its (default) settings; the external host's rules
+        # and routes apply where the request goes to that host.
+        tp = sc.traffic_policy(cl.dest, gateway) if cl.dest != "egress" else TrafficPolicy()
+        route = sc.http_route(dest, gateway)
+        retry = RetryPolicy.from_istio(istio_dict(route), istio_defaults=istio)
+        pool_cfg = PoolConfig.from_istio(
+            istio_dict(tp.connection_pool), istio_defaults=istio) if tp.connection_pool \
+            else (PoolConfig.istio_default() if istio else PoolConfig())
+        if tp.retry_budget is not None:
+            budget = istio_dict(tp.retry_budget)
+            pool_cfg = dataclasses.replace(
+                pool_cfg, budget_percent=float(budget.get("percent", 20.0)),
+                min_retry_concurrency=int(budget.get("minRetryConcurrency", 3)))
+        outlier = None
+        panic = 50.0  # Envoy's default healthy_panic_threshold (Istio's too without outlier)
+        if tp.outlier_detection is not None:
+            cfg, min_health = OutlierConfig.from_istio(istio_dict(tp.outlier_detection))
+            outlier = OutlierDetector(len(cl.hosts), cfg,
+                                      self.streams.uniform(f"outlier:{proxy}->{cl.dest}"))
+            if istio:
+                panic = min_health  # istiod writes minHealthPercent (default 0: panic off)
+        needs_router = (outlier is not None or _limits_pool(pool_cfg)
+                        or _retry_can_act(retry))
+        if not needs_router:
+            return
+        cl.policy_path = True
+        cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
+        cl.outlier = outlier
+        cl.retry_policy = retry
+        cl.retry_uniform = self.streams.uniform(f"retry:{proxy}->{cl.dest}")
+        cl.panic_threshold = panic
+        cl.respond_cb = self.router.reply_cb()
 
     # ---- random variates --------------------------------------------------------------------
 
@@ -397,6 +493,9 @@ class Engine:
     def run(self, progress: Callable[[float], None] | None = None) -> Result:
         """Run to the scenario's duration and collect the results."""
         wall = time.perf_counter()
+        for cl in self.clusters:
+            if cl.outlier is not None:
+                self.router.start_outlier_timer(cl)
         for driver in self.clients:
             driver.start()
         if progress is None:
@@ -408,6 +507,32 @@ class Engine:
                 progress(self.env.now)
         sim_wall = time.perf_counter() - wall
         return Result.collect(self, sim_wall)
+
+
+#: Pool limits at or above this are Istio's "unlimited" (2^32−1): nothing can overflow.
+_UNLIMITED = 2**31
+
+
+def _limits_pool(cfg: PoolConfig) -> bool:
+    """Whether a pool configuration can ever refuse or queue a request (or delay one)."""
+    return (min(cfg.max_connections, cfg.max_pending_requests, cfg.max_requests) < _UNLIMITED
+            or cfg.max_requests_per_connection > 0)
+
+
+#: retry_on conditions that plain responses can match; the others need connection failures,
+#: resets or gRPC statuses, which nothing in a scenario produces yet (faults will).
+_STATUS_CONDITIONS = frozenset({"5xx", "gateway-error", "retriable-4xx"})
+
+
+def _retry_can_act(policy: RetryPolicy) -> bool:
+    """Whether the retry/timeout policy can change any outcome in this scenario."""
+    if policy.route_timeout is not None or policy.per_try_timeout is not None:
+        return True
+    if policy.num_retries <= 0:
+        return False
+    on = policy.retry_on
+    return bool(on & _STATUS_CONDITIONS) or (
+        "retriable-status-codes" in on and bool(policy.retriable_status_codes))
 
 
 def _standard_exponential(rng: np.random.Generator, n: int) -> np.ndarray:

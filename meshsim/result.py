@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .scenario import Scenario
 
-__all__ = ["EVENT_COLUMNS", "REQUEST_COLUMNS", "Result"]
+__all__ = ["EVENT_COLUMNS", "REQUEST_COLUMNS", "STAT_COLUMNS", "Result"]
 
 #: Columns of :attr:`Result.requests`, in order (the first 13 are the public contract).
 REQUEST_COLUMNS = (
@@ -42,6 +42,8 @@ _CATEGORIES = ("client", "source", "destination", "host", "flags")
 
 #: Columns of :attr:`Result.events`.
 EVENT_COLUMNS = ("t", "kind", "source", "destination", "host", "detail")
+#: Columns of :attr:`Result.stats`.
+STAT_COLUMNS = ("proxy", "cluster", "stat", "value")
 
 
 @dataclass
@@ -82,8 +84,16 @@ class Result:
     in_flight : pandas.DataFrame
         Attempts still unanswered at the end of the run; same columns, ``t_end`` NaN, status 0.
     events : pandas.DataFrame
-        State changes of policies (ejections, breaker transitions, ...), columns
-        :data:`EVENT_COLUMNS`; empty when no policy changed state.
+        State changes of policies, in time order, columns :data:`EVENT_COLUMNS`: ``t``
+        (seconds), ``kind`` (``ejection``, ``unejection``, ``pool_saturated``,
+        ``pool_recovered``, ``panic_enter``, ``panic_exit``), ``source`` (the client proxy:
+        a pod or gateway pod), ``destination`` (the upstream cluster), ``host`` (the pod
+        concerned, or ``-``) and ``detail`` (the detector type, the limit that was reached, ...).
+    stats : pandas.DataFrame
+        Envoy's counters and gauges at the end of the run, one row per proxy, cluster and
+        statistic (columns :data:`STAT_COLUMNS`): ``upstream_rq_pending_overflow``,
+        ``upstream_rq_retry``, ``upstream_rq_timeout``, ``outlier_detection.ejections_active``,
+        ``lb_healthy_panic``, ... Only clusters whose policies could act have rows.
     meta : dict
         Seed, duration, warm-up, arrivals per client, versions and wall-clock time.
     """
@@ -93,6 +103,7 @@ class Result:
     in_flight: pd.DataFrame
     events: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    stats: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(STAT_COLUMNS)))
 
     @classmethod
     def collect(cls, engine: Engine, sim_wall: float) -> Result:
@@ -108,15 +119,25 @@ class Result:
         }
         requests = _frame(engine.records, names)
         now = engine.env.now
-        open_rows = [
-            (a.req, a.span, a.parent.span if a.parent is not None else 0, a.client.code, a.source,
-             a.dest, a.host.code, 1, a.t_start, np.nan, 0, a.flags, 0, a.t_arrive, a.t_begin,
-             a.t_reply)
-            for a in engine.in_flight()
-        ]
+        open_rows = []
+        late_rows = []
+        for a in engine.in_flight():
+            attempt = getattr(a, "attempt", 1) if a.parent is not None else 1
+            parent_span = a.parent.span if a.parent is not None else 0
+            if getattr(a, "abandoned", False):
+                # The caller gave up on it (its view is complete) while the callee still works.
+                late_rows.append((a.req, a.span, parent_span, a.client.code, a.source, a.dest,
+                                  a.host.code, attempt, a.t_start, a.t_end, a.status, a.flags,
+                                  0, a.t_arrive, a.t_begin, a.t_reply))
+            else:
+                open_rows.append((a.req, a.span, parent_span, a.client.code, a.source, a.dest,
+                                  a.host.code, attempt, a.t_start, np.nan, 0, a.flags, 0,
+                                  a.t_arrive, a.t_begin, a.t_reply))
+        if late_rows:
+            requests = pd.concat([requests, _frame(late_rows, names)], ignore_index=True)
         in_flight = _frame(open_rows, names)
-        events = pd.DataFrame({c: pd.Series(dtype="float64" if c == "t" else "object")
-                               for c in EVENT_COLUMNS})
+        events = _events(engine)
+        stats = _stats(engine)
         sc = engine.scenario
         seed = engine.seed
         if isinstance(seed, np.random.SeedSequence):
@@ -136,7 +157,7 @@ class Result:
             "pandas": pd.__version__,
             "platform": platform.platform(),
         }
-        return cls(sc, requests, in_flight, events, meta)
+        return cls(sc, requests, in_flight, events, meta, stats)
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:
@@ -155,6 +176,37 @@ class Result:
     def end_to_end(self) -> pd.DataFrame:
         """The client-facing rows: one per finished end-user request."""
         return self.requests[self.requests["parent_span_id"] == 0]
+
+
+def _events(engine: Engine) -> pd.DataFrame:
+    rows = []
+    for cl in engine.clusters:
+        sources = [cl.events]
+        if cl.pool is not None:
+            sources.append(cl.pool.events)
+        if cl.outlier is not None:
+            sources.append(cl.outlier.events)
+        for events in sources:
+            for t, kind, host, detail in events:
+                name = cl.hosts[host].name if host is not None and host >= 0 else "-"
+                rows.append((t, kind, cl.proxy, cl.dest, name, detail))
+    rows.sort(key=lambda r: r[0])
+    frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    return frame.astype({"t": "float64"})
+
+
+def _stats(engine: Engine) -> pd.DataFrame:
+    rows = []
+    for cl in engine.clusters:
+        if not cl.policy_path:
+            continue
+        values: dict[str, int] = dict(cl.stats)
+        values.update(cl.pool.stats)
+        values.update({f"circuit_breakers.default.{k}": v for k, v in cl.pool.gauges().items()})
+        if cl.outlier is not None:
+            values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
+        rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
+    return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 
 def _frame(rows: list[tuple], names: dict[str, list[str]]) -> pd.DataFrame:

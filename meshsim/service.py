@@ -139,9 +139,9 @@ class Pod:
             return
         self._finish(a, 200)
 
-    def child_done(self, a: Attempt, child: Attempt) -> None:
-        status = child.status
-        if not 200 <= status < 400 and not child.optional:
+    def child_done(self, a: Attempt, status: int, flags: int, optional: bool) -> None:
+        """One of ``a``'s downstream calls answered ``status`` (as the caller's proxy saw it)."""
+        if not 200 <= status < 400 and not optional:
             a.failed = True
         a.pending -= 1
         if a.pending == 0:
@@ -172,9 +172,11 @@ class GatewayPod:
         a.pending = 1
         self.engine.send(a, self.routes[a.route_to], False, None)
 
-    def child_done(self, a: Attempt, child: Attempt) -> None:
-        # A proxy passes the upstream status through unchanged.
-        self.engine.reply(a, child.status)
+    def child_done(self, a: Attempt, status: int, flags: int, optional: bool) -> None:
+        # A proxy passes the upstream status through; its own response flags (UO, URX, ...) are
+        # those of its downstream request, the row of ``a``.
+        a.flags = flags
+        self.engine.reply(a, status)
 
 
 def bursty_state(
