@@ -15,6 +15,7 @@ works (:mod:`meshsim.service`), one event for the response leg, and a record row
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from heapq import heappush
@@ -24,6 +25,7 @@ import numpy as np
 import simpy
 
 from . import rng as rng_mod
+from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
 from .policies.connection_pool import ConnectionPool, PoolConfig
@@ -49,42 +51,6 @@ class _Callback:
 
     __slots__ = ("_value", "callbacks")
     _ok = True
-
-
-class Attempt:
-    """One attempt of one hop: a row of the ``requests`` table while it is in flight.
-
-    The lean path (:meth:`Engine.send` without policies) sets only what it needs; ``call``,
-    ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "attempt",
-        "call",
-        "client",
-        "cluster",
-        "conn",
-        "dest",
-        "failed",
-        "flags",
-        "host",
-        "hostidx",
-        "optional",
-        "parent",
-        "pending",
-        "req",
-        "route_to",
-        "source",
-        "span",
-        "status",
-        "step",
-        "t_arrive",
-        "t_begin",
-        "t_end",
-        "t_reply",
-        "t_start",
-    )
 
 
 class _NoHost:
@@ -260,6 +226,8 @@ class Engine:
                 a = a.parent if a.current is None else a.current
             while isinstance(a, Attempt) and a.span not in found:
                 found[a.span] = a
+                if getattr(a, "abandoned", 0):
+                    break  # nobody waits for it: its caller moved on (and may be answered)
                 a = a.parent
         return sorted(found.values(), key=lambda a: a.span)
 
@@ -423,6 +391,7 @@ class Engine:
         cl.retry_uniform = self.streams.uniform(f"retry:{proxy}->{cl.dest}")
         cl.panic_threshold = panic
         cl.respond_cb = self.router.reply_cb()
+        self.router.timers(cl)
 
     # ---- random variates --------------------------------------------------------------------
 
@@ -491,7 +460,23 @@ class Engine:
     # ---- simulate ----------------------------------------------------------------------------
 
     def run(self, progress: Callable[[float], None] | None = None) -> Result:
-        """Run to the scenario's duration and collect the results."""
+        """Run to the scenario's duration and collect the results.
+
+        Python's cyclic garbage collector is paused meanwhile. The hot path allocates an attempt
+        and a few events per hop and keeps many of them alive for a while (in timers, queues and
+        the records), which makes the collector's periodic full scans cost a quarter of a run
+        with timeouts; those objects form no reference cycles (a finished call lets go of its
+        attempt), so reference counting frees them all the same.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(progress)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self, progress: Callable[[float], None] | None) -> Result:
         wall = time.perf_counter()
         for cl in self.clusters:
             if cl.outlier is not None:

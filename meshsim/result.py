@@ -124,10 +124,10 @@ class Result:
         for a in engine.in_flight():
             attempt = getattr(a, "attempt", 1) if a.parent is not None else 1
             parent_span = a.parent.span if a.parent is not None else 0
-            if getattr(a, "abandoned", False):
+            if getattr(a, "abandoned", 0):
                 # The caller gave up on it (its view is complete) while the callee still works.
                 late_rows.append((a.req, a.span, parent_span, a.client.code, a.source, a.dest,
-                                  a.host.code, attempt, a.t_start, a.t_end, a.status, a.flags,
+                                  a.host.code, attempt, a.t_start, a.t_end, a.abandoned, a.flags,
                                   0, a.t_arrive, a.t_begin, a.t_reply))
             else:
                 open_rows.append((a.req, a.span, parent_span, a.client.code, a.source, a.dest,
@@ -200,8 +200,9 @@ def _stats(engine: Engine) -> pd.DataFrame:
     for cl in engine.clusters:
         if not cl.policy_path:
             continue
-        values: dict[str, int] = dict(cl.stats)
-        values.update(cl.pool.stats)
+        values: dict[str, int] = dict(cl.pool.stats)
+        for k, v in cl.stats.items():  # the router's counts add to the pool's of the same name
+            values[k] = values.get(k, 0) + v
         values.update({f"circuit_breakers.default.{k}": v for k, v in cl.pool.gauges().items()})
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})

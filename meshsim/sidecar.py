@@ -51,7 +51,8 @@ class Cluster:
     __slots__ = (
         "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "pick", "policy", "policy_path", "pool",
-        "proxy", "respond_cb", "retry_policy", "retry_uniform", "seen", "stats",
+        "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted", "route_timers",
+        "seen", "stats", "try_timers",
     )
 
     def __init__(
@@ -86,6 +87,9 @@ class Cluster:
         self.stats: dict[str, int] = {}
         self.events: list[tuple[float, str, int, str]] = []
         self.respond_cb: tuple = ()
+        self.route_timers: Any = None
+        self.try_timers: Any = None
+        self.retry_wanted: dict[int, bool] = {}
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
