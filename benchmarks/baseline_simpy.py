@@ -84,8 +84,15 @@ class Pod:
 
 
 def run_baseline(n_requests: int = 100_000, seed: int = 1, net: float = 1e-4,
-                 limits: dict | None = None) -> dict:
-    """Simulate ``n_requests`` end-user requests; return counts, sim time and the records."""
+                 limits: dict | None = None, timeouts: tuple[float, float, int] | None = None,
+                 ) -> dict:
+    """Simulate ``n_requests`` end-user requests; return counts, sim time and the records.
+
+    ``timeouts = (route_timeout, per_try_timeout, retries)`` makes every downstream call wait
+    with ``yield attempt | env.timeout(...)`` and retry 5xx answers and per-try timeouts, the
+    plain SimPy way to write what ``--policies`` switches on in meshsim (in this model nothing
+    fails, so the timers and the retry loop never change an outcome; they cost what they cost).
+    """
     limits = dict(limits or {})
     unknown = set(limits) - set(EDGES)
     if unknown:
@@ -130,21 +137,45 @@ def run_baseline(n_requests: int = 100_000, seed: int = 1, net: float = 1e-4,
         caller.rr[dest] = k + 1
         return process(hop(caller, targets[k % len(targets)], rid, span, parent))
 
+    def guarded(caller: Pod, dest: str, rid: int, parent: int):
+        """A downstream call with a route timeout, per-try timeouts and retries; its status."""
+        route, per_try, retries = timeouts
+        deadline = env.now + route
+        for attempt in range(retries + 1):
+            child = call(caller, dest, rid, parent)
+            if child is None:
+                return 503  # overflow: never retried
+            timer = timeout(min(per_try, deadline - env.now))
+            done = yield child | timer
+            if child in done:
+                status = done[child]
+                if status < 500 or attempt == retries:
+                    return status
+            elif env.now >= deadline:
+                return 504
+        return 504
+
+    def downstream(caller: Pod, dest: str, rid: int, parent: int):
+        """The status of a downstream call (a generator to ``yield from``)."""
+        if timeouts is not None:
+            return (yield from guarded(caller, dest, rid, parent))
+        child = call(caller, dest, rid, parent)
+        return 503 if child is None else (yield child)
+
     def hop(caller: Pod, pod: Pod, rid: int, span: int, parent: int):
         """One hop: request leg, the callee pod's work (and its downstream call), response leg."""
         t_start = env.now
         yield timeout(net)  # request leg
         if pod.workers is None:  # the gateway: a proxy with no worker limit and no own work
-            child = call(pod, pod.downstream, rid, span)
-            status = 200 if child is not None and (yield child) == 200 else 500
+            status = 200 if (yield from downstream(pod, pod.downstream, rid, span)) == 200 \
+                else 500
         else:
             with pod.workers.request() as worker:
                 yield worker
                 yield timeout(next(pod.work))
                 status = 200
                 if pod.downstream is not None:  # downstream call while holding the worker
-                    child = call(pod, pod.downstream, rid, span)
-                    if child is None or (yield child) != 200:
+                    if (yield from downstream(pod, pod.downstream, rid, span)) != 200:
                         status = 500
             # worker released here, the response is sent
         yield timeout(net)  # response leg
