@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .attempt import Attempt
-from .policies.connection_pool import ATTACHED, OVERFLOW, ConnectionPool
+from .policies.connection_pool import ATTACHED, OVERFLOW
 from .policies.retry import Outcome, RetryState
 
 if TYPE_CHECKING:
@@ -443,8 +443,3 @@ def _attempt_live(a: Attempt) -> bool:
     # caller (a.status is set earlier, when the callee replies, while the answer travels).
     call = a.call
     return not call.done and call.current is a and not a.abandoned
-
-
-def pool_for(cluster_hosts: int, config: Any) -> ConnectionPool:
-    """A connection pool for a cluster of ``cluster_hosts`` hosts."""
-    return ConnectionPool(cluster_hosts, config)
