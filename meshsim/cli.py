@@ -1,4 +1,4 @@
-"""The ``meshsim`` command line: validate, run, schema.
+"""The ``meshsim`` command line: validate, run, schema, export.
 
 Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
 interrupted. The CLI only maps arguments to the Python API.
@@ -42,10 +42,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set services.cart.replicas=4 (repeatable)")
     r.add_argument("--out", metavar="DIR", help="write the result files into DIR (atomically)")
     r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    r.add_argument("--access-log", metavar="FILE",
+                   help="write an Envoy/Istio text access log of every request row to FILE")
 
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+
+    e = sub.add_parser("export", help="write the scenario's policies as manifests")
+    targets = e.add_subparsers(dest="target", required=True, metavar="TARGET")
+    ei = targets.add_parser("istio", help="Istio DestinationRule, VirtualService, ServiceEntry "
+                            "and Gateway resources (YAML)")
+    ei.add_argument("file", metavar="FILE")
+    ei.add_argument("-o", "--out", metavar="DIR",
+                    help="write one YAML file per kind into DIR (atomically) instead of "
+                    "printing one YAML stream")
+    ei.add_argument("--namespace", default="default", type=_namespace, metavar="NS",
+                    help="Kubernetes namespace of the services (default: default)")
     return p
+
+
+def _namespace(text: str) -> str:
+    import re
+
+    if len(text) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError("expected a Kubernetes namespace name (lowercase "
+                                         f"letters, digits and '-'), got {text!r}")
+    return text
 
 
 def _seed(text: str) -> int:
@@ -96,18 +118,22 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import run
+    from .access_log import check_log_path, write_access_log
     from .output import OutputError, check_out_dir, write_run
     from .scenario import load_scenario, parse_overrides
 
     scenario = load_scenario(args.file)
     if args.overrides:
         scenario = scenario.with_overrides(parse_overrides(args.overrides), source="--set")
-    if args.out:
-        try:
-            check_out_dir(args.out)  # before the work, not after it
-        except OutputError as exc:
-            print(f"meshsim: {exc}", file=sys.stderr)
-            return EXIT_INPUT
+    try:
+        # Before the work, not after it.
+        if args.out:
+            check_out_dir(args.out)
+        if args.access_log:
+            check_log_path(args.access_log)
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     show_progress = not args.quiet and sys.stderr.isatty()
     progress = _progress_bar(scenario.duration, sys.stderr) if show_progress else None
     wall = time.perf_counter()
@@ -115,16 +141,20 @@ def _run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - wall
     if progress is not None:
         sys.stderr.write("\r\033[K")
-    if args.out:
-        try:
+    try:
+        if args.out:
             write_run(result, args.out)
-        except OutputError as exc:
-            print(f"meshsim: {exc}", file=sys.stderr)
-            return EXIT_INPUT
+        if args.access_log:
+            write_access_log(result, args.access_log)
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     if not args.quiet:
         print(format_summary(result, wall))
         if args.out:
             print(f"results written to {args.out}")
+        if args.access_log:
+            print(f"access log written to {args.access_log}")
     return EXIT_OK
 
 
@@ -144,10 +174,39 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import Issue
+    from .export import istio_manifests, manifests_yaml, write_manifests
+    from .output import OutputError
+    from .scenario import parse_scenario
+    from .yamlio import load_file
+
+    data, lines = load_file(args.file)
+    scenario = parse_scenario(data, source=args.file, lines=lines, base_dir=Path(args.file).parent)
+    try:
+        manifests = istio_manifests(scenario, args.namespace)
+    except ScenarioError as err:
+        raise ScenarioError(args.file, [Issue(i.path, i.message, lines.line_for(i.path))
+                                        for i in err.issues]) from None
+    if not args.out:
+        sys.stdout.write(manifests_yaml(manifests))
+        return EXIT_OK
+    try:
+        write_manifests(manifests, args.out, source=args.file)
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{len(manifests)} resources written to {args.out}")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _validate,
     "run": _run,
     "schema": _schema,
+    "export": _export,
 }
 
 
