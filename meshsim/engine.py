@@ -269,18 +269,22 @@ class Engine:
             if any(c.probability < 1.0 for step in svc.calls for c in _calls(step)):
                 uniform = streams.uniform(f"calls:{name}")
             for pod in self.pods[name]:
-                # One cluster per upstream *cluster* of this pod's proxy: calls to several
-                # external hosts through the egress gateway share the gateway's cluster, as in
-                # Envoy, and only the route (where the gateway forwards) differs.
+                # One cluster per upstream of this pod's proxy. Calls to several external hosts
+                # through the egress gateway go to one cluster in Envoy, each with its own route
+                # (and so its own retry policy and timeouts): here each external host gets its
+                # own cluster object towards the gateway, which keeps the routes apart. The
+                # gateway cluster has Istio's default (unlimited) pool, so nothing that could
+                # bite is split by this.
                 clusters: dict[str, Cluster] = {}
                 steps = []
                 for step in svc.calls:
                     calls = []
                     for c in _calls(step):
                         label, route_to = self._upstream(name, c.to)
-                        if label not in clusters:
-                            clusters[label] = self._cluster(pod.name, name, c.to)
-                        calls.append((clusters[label], c.probability, c.optional, route_to))
+                        key = label if route_to is None else f"{label}:{route_to}"
+                        if key not in clusters:
+                            clusters[key] = self._cluster(pod.name, name, c.to)
+                        calls.append((clusters[key], c.probability, c.optional, route_to))
                     steps.append((not isinstance(step, Call), tuple(calls)))
                 pod.steps = tuple(steps)
                 pod.uniform = uniform
@@ -333,11 +337,12 @@ class Engine:
     def _cluster(self, proxy: str, source: str, dest: str) -> Cluster:
         """The cluster for ``dest`` as seen by the proxy of pod ``proxy`` (of ``source``)."""
         sc = self.scenario
-        label, _ = self._upstream(source, dest)
+        label, route_to = self._upstream(source, dest)
+        key = label if route_to is None else f"{label}:{route_to}"
         hosts = self.pods[label]
         gateway = source if source in ("ingress", "egress") else None
         policy = sc.lb_policy(label, gateway)
-        uniform = self.streams.uniform(f"lb:{proxy}->{label}") if len(hosts) > 1 else None
+        uniform = self.streams.uniform(f"lb:{proxy}->{key}") if len(hosts) > 1 else None
         # The hop overhead is that of two proxies; a hop with a proxy at one end only (a client
         # without a sidecar, an external host) pays the network alone.
         mesh_hop = not source.startswith("client") and label not in sc.external_services
@@ -346,11 +351,11 @@ class Engine:
                      self._net(source, label))
         cl.respond_cb = self.respond_cb
         if not source.startswith("client"):
-            self._policies(cl, proxy, dest, gateway)
+            self._policies(cl, f"{proxy}->{key}", dest, gateway)
         self.clusters.append(cl)
         return cl
 
-    def _policies(self, cl: Cluster, proxy: str, dest: str, gateway: str | None) -> None:
+    def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None) -> None:
         """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.
 
         The Istio blocks are translated as istiod translates them (``from_istio`` of each
@@ -368,18 +373,22 @@ class Engine:
             istio_dict(tp.connection_pool), istio_defaults=istio) if tp.connection_pool \
             else (PoolConfig.istio_default() if istio else PoolConfig())
         if tp.retry_budget is not None:
-            budget = istio_dict(tp.retry_budget)
-            pool_cfg = dataclasses.replace(
-                pool_cfg, budget_percent=float(budget.get("percent", 20.0)),
-                min_retry_concurrency=int(budget.get("minRetryConcurrency", 3)))
+            budget = tp.retry_budget
+            pool_cfg = dataclasses.replace(pool_cfg, budget_percent=budget.percent,
+                                           min_retry_concurrency=budget.min_retry_concurrency)
         outlier = None
         panic = 50.0  # Envoy's default healthy_panic_threshold (Istio's too without outlier)
-        if tp.outlier_detection is not None:
-            cfg, min_health = OutlierConfig.from_istio(istio_dict(tp.outlier_detection))
-            outlier = OutlierDetector(len(cl.hosts), cfg,
-                                      self.streams.uniform(f"outlier:{proxy}->{cl.dest}"))
-            if istio:
+        od = tp.outlier_detection
+        if od is not None:
+            cfg, min_health = OutlierConfig.from_istio(istio_dict(od))
+            if not istio:
+                # Plain Envoy where the block is silent: success-rate ejection is enforced
+                # (istiod writes 0 there) and the panic threshold stays 50 % unless set.
+                cfg = dataclasses.replace(cfg, enforcing_success_rate=100)
+            if istio or od.min_health_percent is not None:
                 panic = min_health  # istiod writes minHealthPercent (default 0: panic off)
+            outlier = OutlierDetector(len(cl.hosts), cfg,
+                                      self.streams.uniform(f"outlier:{stream}"))
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
                         or _retry_can_act(retry))
         if not needs_router:
@@ -388,7 +397,7 @@ class Engine:
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry
-        cl.retry_uniform = self.streams.uniform(f"retry:{proxy}->{cl.dest}")
+        cl.retry_uniform = self.streams.uniform(f"retry:{stream}")
         cl.panic_threshold = panic
         cl.respond_cb = self.router.reply_cb()
         self.router.timers(cl)

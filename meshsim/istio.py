@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ._base import Model
 from .units import NonNegDuration, PosDuration
@@ -72,7 +72,15 @@ class TcpSettings(Model):
     tcp_keepalive: TcpKeepalive | None = None
     """Accepted for copy-paste compatibility; not simulated."""
     max_connection_duration: PosDuration | None = None
-    """Accepted; not simulated yet."""
+    """Not simulated yet: refused, so that no one relies on it silently."""
+
+    @field_validator("max_connection_duration")
+    @classmethod
+    def _not_simulated(cls, value: float | None) -> float | None:
+        if value is not None:
+            raise ValueError("maxConnectionDuration is not simulated yet; remove it from the "
+                             "scenario (connections live for the whole run)")
+        return value
     idle_timeout: PosDuration | None = None
     """Accepted; idle connections are kept for the whole run (Istio default 1 h)."""
 
@@ -130,10 +138,10 @@ class OutlierDetection(Model):
 class RetryBudget(Model):
     """``trafficPolicy.retryBudget``: a retry limit growing with traffic (replaces maxRetries)."""
 
-    percent: Annotated[float, Field(ge=0, le=100)] | None = None
-    """Concurrent retries as a percentage of active plus pending requests (default 20)."""
-    min_retry_concurrency: Count | None = None
-    """Retries always allowed, whatever the traffic (default 3)."""
+    percent: Annotated[float, Field(ge=0, le=100)] = 20.0
+    """Concurrent retries as a percentage of active plus pending requests."""
+    min_retry_concurrency: Count = 3
+    """Retries always allowed, whatever the traffic."""
 
 
 class TrafficPolicy(Model):

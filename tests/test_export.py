@@ -77,7 +77,6 @@ mesh:
             maxConnections: 10
             connectTimeout: 250ms
             tcpKeepalive: {probes: 3, time: 10s, interval: 75s}
-            maxConnectionDuration: 1h
             idleTimeout: 30m
           http:
             http1MaxPendingRequests: 5

@@ -514,3 +514,43 @@ def test_retry_overflow_is_counted_in_stats(istio, policy, limit):
     r = meshsim.run(retrying(istio, policy), seed=1)
     b = to(r, "b")
     assert stat(r, "upstream_rq_retry_overflow") == (b["flags"] == "UO").sum() > 0
+
+
+def test_routes_to_external_hosts_through_the_egress_gateway_stay_apart():
+    # Both external hosts always fail; only `pay` has a retry policy. Calls to `mail` go through
+    # the same egress gateway but must keep their own (default: no retry on 503) route.
+    retry = {"http": [{"retries": {"attempts": 2, "retryOn": "5xx"}}]}
+    sc = build({"a": {"latency": "1ms", "calls": [{"to": "pay", "optional": True},
+                                                  {"to": "mail", "optional": True}]}},
+               [closed("a", think="0.05s")], duration="0.4s",
+               externalServices={"pay": {"latency": "1ms", "errors": {"rate": 1.0, "status": 503}},
+                                 "mail": {"latency": "1ms",
+                                          "errors": {"rate": 1.0, "status": 503}}},
+               mesh={"egressGateway": {"replicas": 2}, "virtualServices": {"pay": retry}})
+    r = meshsim.run(sc, seed=1)
+    to_gateway = r.requests[r.requests["destination"] == "egress"]
+    via = r.requests.set_index("span_id")
+    onward = r.requests[r.requests["source"] == "egress"]
+    target = dict(zip(onward["parent_span_id"], onward["destination"].astype(str), strict=True))
+    attempts = to_gateway.assign(host_to=to_gateway["span_id"].map(target))
+    finished = set(r.requests.loc[r.requests["destination"] == "a", "span_id"])
+    attempts = attempts[attempts["parent_span_id"].isin(finished)]  # not cut by the run's end
+    per_call = attempts.groupby(["parent_span_id", "host_to"]).size()
+    assert set(per_call.xs("pay", level="host_to")) == {3}
+    assert set(per_call.xs("mail", level="host_to")) == {1}
+    assert len(via) == len(r.requests)
+
+
+def test_plain_envoy_honours_an_explicit_min_health_percent():
+    # istioDefaults false keeps Envoy's 50 % panic threshold only where the scenario is silent:
+    # minHealthPercent 0, written out, turns panic off, so all hosts ejected means 503 UH.
+    od = {"consecutive5xxErrors": 1, "maxEjectionPercent": 100, "interval": "10s",
+          "baseEjectionTime": "30s", "minHealthPercent": 0}
+    sc = build({"a": {"latency": "1ms", "calls": [{"to": "b"}]},
+                "b": {"replicas": 2, "latency": "1ms", "errors": {"rate": 1.0, "status": 503}}},
+               [closed("a", think="0.1s")], duration="5s",
+               mesh={"destinationRules": {"b": {"trafficPolicy": {"outlierDetection": od}}}})
+    r = meshsim.run(sc, seed=1)
+    b = r.requests[r.requests["destination"] == "b"]
+    assert (b["flags"].astype(str) == "UH").sum() > 0
+    assert "panic_enter" not in set(r.events["kind"])
