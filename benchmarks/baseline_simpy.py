@@ -174,9 +174,10 @@ def run_baseline(n_requests: int = 100_000, seed: int = 1, net: float = 1e-4,
                 yield worker
                 yield timeout(next(pod.work))
                 status = 200
-                if pod.downstream is not None:  # downstream call while holding the worker
-                    if (yield from downstream(pod, pod.downstream, rid, span)) != 200:
-                        status = 500
+                # the downstream call, made while holding the worker
+                if pod.downstream is not None and (
+                        yield from downstream(pod, pod.downstream, rid, span)) != 200:
+                    status = 500
             # worker released here, the response is sent
         yield timeout(net)  # response leg
         caller.inflight[pod.service] -= 1

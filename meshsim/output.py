@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 #: Files a run directory holds (the requests file is ``.parquet`` or, without pyarrow, ``.csv``).
-RUN_FILES = ("summary.json", "timeseries.csv", "events.csv", "scenario.resolved.yaml")
+RUN_FILES = (
+    "summary.json", "timeseries.csv", "events.csv", "stats.csv", "scenario.resolved.yaml"
+)
 
 
 class OutputError(Exception):
@@ -83,7 +85,8 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
     """Write a run's contract files into ``out`` atomically.
 
     Writes ``summary.json``, ``requests.parquet`` (``requests.csv`` when pyarrow is missing or
-    ``parquet`` is false), ``timeseries.csv``, ``events.csv`` and ``scenario.resolved.yaml``.
+    ``parquet`` is false), ``timeseries.csv``, ``events.csv``, ``stats.csv`` (Envoy's
+    counters per client proxy and cluster) and ``scenario.resolved.yaml``.
 
     Returns
     -------
@@ -99,6 +102,7 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
             result.requests.to_csv(tmp / "requests.csv", index=False)
         result.timeseries.to_csv(tmp / "timeseries.csv", index=False)
         result.events.to_csv(tmp / "events.csv", index=False)
+        result.stats.to_csv(tmp / "stats.csv", index=False)
         (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
         (tmp / "summary.json").write_text(
             json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"

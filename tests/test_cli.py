@@ -51,6 +51,7 @@ RUN_FILES = [
     "events.csv",
     "requests.parquet",
     "scenario.resolved.yaml",
+    "stats.csv",
     "summary.json",
     "timeseries.csv",
 ]

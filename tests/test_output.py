@@ -45,6 +45,7 @@ def test_write_run_writes_the_contract_files(result, tmp_path):
         "events.csv",
         "requests.parquet",
         "scenario.resolved.yaml",
+        "stats.csv",
         "summary.json",
         "timeseries.csv",
     ]
@@ -115,6 +116,7 @@ def test_replacing_an_earlier_output_directory(result, tmp_path):
         "events.csv",
         "requests.csv",
         "scenario.resolved.yaml",
+        "stats.csv",
         "summary.json",
         "timeseries.csv",
     ]
