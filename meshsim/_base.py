@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -21,3 +24,17 @@ class Model(BaseModel):
         use_attribute_docstrings=True,
         revalidate_instances="never",
     )
+
+
+def kind_or(default: str) -> Callable[[Any], str]:
+    """A union discriminator: the value's ``kind``, or ``default`` when it has none.
+
+    Lets the common case be written without ``kind:`` (``errors: {rate: 0.01}``).
+    """
+
+    def kind(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return str(value.get("kind", default))
+        return getattr(value, "kind", default)
+
+    return kind

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import Model
+from ._base import Model, kind_or
 from .distributions import Distribution
 from .units import Duration, NonNegDuration, NonNegRate, PosDuration, Rate
 
@@ -289,15 +289,9 @@ class ClosedArrivals(Model):
     """Time between an answer and the user's next request."""
 
 
-def _arrival_kind(v: Any) -> str:
-    if isinstance(v, Mapping):
-        return str(v.get("kind", "poisson"))
-    return getattr(v, "kind", "poisson")
-
-
 Arrival = Annotated[
     Annotated[PoissonArrivals, Tag("poisson")] | Annotated[ClosedArrivals, Tag("closed")],
-    Discriminator(_arrival_kind),
+    Discriminator(kind_or("poisson")),
 ]
 
 

@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from ._base import Model
+from ._base import Model, kind_or
 from .arrivals import (
     Arrival,
     Client,
@@ -135,15 +135,9 @@ class BurstyErrors(Model):
         return (g * self.rate_good + b * self.rate_bad) / (g + b)
 
 
-def _error_kind(v: Any) -> str:
-    if isinstance(v, Mapping):
-        return str(v.get("kind", "independent"))
-    return getattr(v, "kind", "independent")
-
-
 ErrorModel = Annotated[
     Annotated[IndependentErrors, Tag("independent")] | Annotated[BurstyErrors, Tag("bursty")],
-    Discriminator(_error_kind),
+    Discriminator(kind_or("independent")),
 ]
 
 # --------------------------------------------------------------------------------------------
