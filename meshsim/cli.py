@@ -232,7 +232,21 @@ def format_summary(result: Result, wall: float | None = None) -> str:
     in_flight = table.loc["end-to-end", "in_flight_at_end"]
     lines.append("")
     lines.append(f"end-user requests still in flight at the end: {int(in_flight)}")
+    flags = flag_counts(result)
+    if flags:
+        lines.append("Envoy response flags (attempts after warm-up): "
+                     + ", ".join(f"{flag} {count}" for flag, count in flags.items()))
     return "\n".join(lines)
+
+
+def flag_counts(result: Result) -> dict[str, int]:
+    """Attempts per Envoy response-flags string (``UO``, ``URX,UT``, ...) after the warm-up,
+    most frequent first; empty when every attempt went through unflagged."""
+    requests = result.requests
+    measured = requests[requests["t_start"] >= result.meta["warmup"]]
+    counts = measured["flags"].astype(str).value_counts()
+    counts = counts[counts.index != "-"]
+    return {str(flag): int(n) for flag, n in counts.items()}
 
 
 def _pct(x: float, digits: int = 2) -> str:

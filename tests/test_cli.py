@@ -685,3 +685,12 @@ def test_process_missing_file_and_bad_set(tmp_path):
     assert proc.returncode == 2
     assert "(did you mean 'lognormal'?)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_names_the_envoy_flags_it_saw(capsys):
+    code, out, _ = cli_run(capsys, "run", CASES.parent.parent / "scenarios" / "pool-limits.yaml")
+    assert code == 0
+    flags_line = [line for line in out.splitlines() if line.startswith("Envoy response flags")]
+    assert len(flags_line) == 1 and " UO " in flags_line[0] + " "
+    code, out, _ = cli_run(capsys, "run", MINIMAL, *SHORT)
+    assert code == 0 and "Envoy response flags" not in out  # nothing flagged, nothing said
