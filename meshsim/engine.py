@@ -214,11 +214,14 @@ class Engine:
         found: dict[int, Attempt] = {}
         seeds = [item[3]._value for item in self._queue]
         seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
-        # The router's attempts may also wait in a connection pool, and a call between two
-        # attempts (back-off) is held only by its timer: its caller is still waiting.
+        # The router's attempts may also wait in a connection pool, a call between two
+        # attempts (back-off) is held only by its timer event, and a call whose next back-off
+        # would end past its deadline only by the route deadline queue: their callers wait.
         for cl in self.clusters:
             if cl.pool is not None:
                 seeds += [a for hp in cl.pool.hosts for a in hp.pending]
+            if cl.route_timers is not None:
+                seeds += [call for _, call in cl.route_timers.queue]
         for a in seeds:
             if isinstance(a, Call):
                 if a.done:
@@ -316,7 +319,7 @@ class Engine:
     def _gateways(self, kind: str, replicas: int) -> None:
         pods = []
         for i in range(replicas):
-            gw = GatewayPod(self, f"{kind}-{i}")
+            gw = GatewayPod(self, f"{kind}-{i}", passes_flags=kind == "ingress")
             gw.service = self.nodes.code(kind)
             gw.code = self.hosts.code(gw.name)
             pods.append(gw)

@@ -309,12 +309,21 @@ class Router:
     def _route_timeout(self, call: Call) -> None:
         now = self.env._now
         state = call.retry_state()
-        held = state.holds_retry
-        decision = state.route_timeout()
         cl = call.cluster
-        if held:
-            cl.pool.retry_finished(now)
-        cl.count_all(decision.counters)
+        if state.done:
+            # The last decision was a retry whose back-off would end past the deadline: the
+            # answer (504 UT) was decided then, without an upstream request in flight (so no
+            # upstream_rq_timeout); the route timer delivers it, and the retry slot held
+            # until now is given back.
+            if state.holds_retry:
+                cl.pool.retry_finished(now)
+                state.holds_retry = False
+        else:
+            held = state.holds_retry
+            decision = state.route_timeout()
+            if held:
+                cl.pool.retry_finished(now)
+            cl.count_all(decision.counters)
         a = call.current
         if a is not None:  # in flight, or pending in the pool (the caller has no answer yet)
             if a.conn < 0:
@@ -374,18 +383,21 @@ class Router:
             self.engine.later(decision.delay, self._backoff_cb, call)
             return
         flags = decision.flags
+        if decision.delay > 0:
+            # A back-off that would end past the route deadline: the route timer answers 504 UT
+            # then, as a local reply with a row of its own (the call stays open until it fires;
+            # state.done is already set). This attempt keeps what it got.
+            if not a.abandoned:
+                self._record(a, now)
+            call.current = None
+            if state.holds_retry:
+                pool.retry_started(now)  # the slot stays held until the reply
+            return
         # The verdict (URX, UO, ...) goes on the last attempt's row; an abandoned attempt's row
         # is written when the callee's late answer arrives.
         a.flags = self.engine.flag_code(flags)
         if not a.abandoned:
             self._record(a, now)
-        if decision.delay > 0:
-            # A back-off that would end past the route deadline: the route timer answers 504 UT
-            # then (the call stays open until it fires; state.done is already set).
-            call.current = None
-            if state.holds_retry:
-                pool.retry_started(now)  # the slot stays held until the reply
-            return
         self._finish(call, decision.status, flags)
 
     def _backoff_done(self, ev: Any) -> None:

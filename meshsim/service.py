@@ -160,12 +160,17 @@ class Pod:
 class GatewayPod:
     """An ingress or egress gateway pod: an Envoy that forwards without a worker limit."""
 
-    __slots__ = ("code", "engine", "name", "routes", "service")
+    __slots__ = ("code", "engine", "name", "passes_flags", "routes", "service")
 
-    def __init__(self, engine: Engine, name: str):
+    def __init__(self, engine: Engine, name: str, passes_flags: bool = False):
         self.engine = engine
         self.name = name
         self.routes: dict[str, Any] = {}  # destination -> this pod's Cluster
+        # A row's flags are those its caller's proxy logs. The ingress gateway's callers are
+        # clients without a proxy: their row is the gateway's own log line, so it carries the
+        # gateway router's flags (UO, UH, URX, ...). The egress gateway's callers are sidecars,
+        # which see a plain upstream response and log their own flags.
+        self.passes_flags = passes_flags
 
     def arrive(self, a: Attempt) -> None:
         a.t_begin = self.engine.env._now
@@ -173,9 +178,9 @@ class GatewayPod:
         self.engine.send(a, self.routes[a.route_to], False, None)
 
     def child_done(self, a: Attempt, status: int, flags: int, optional: bool) -> None:
-        # A proxy passes the upstream status through; its own response flags (UO, URX, ...) are
-        # those of its downstream request, the row of ``a``.
-        a.flags = flags
+        # A proxy passes the upstream status through.
+        if self.passes_flags:
+            a.flags = flags
         self.engine.reply(a, status)
 
 
