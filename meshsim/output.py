@@ -32,7 +32,8 @@ __all__ = [
 
 #: Files a run directory holds (the requests file is ``.parquet`` or, without pyarrow, ``.csv``).
 RUN_FILES = (
-    "summary.json", "timeseries.csv", "events.csv", "stats.csv", "scenario.resolved.yaml"
+    "summary.json", "timeseries.csv", "events.csv", "stats.csv", "in_flight.csv",
+    "scenario.resolved.yaml",
 )
 
 
@@ -86,7 +87,8 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
 
     Writes ``summary.json``, ``requests.parquet`` (``requests.csv`` when pyarrow is missing or
     ``parquet`` is false), ``timeseries.csv``, ``events.csv``, ``stats.csv`` (Envoy's
-    counters per client proxy and cluster) and ``scenario.resolved.yaml``.
+    counters per client proxy and cluster), ``in_flight.csv`` (attempts unanswered at the end,
+    the requests' columns) and ``scenario.resolved.yaml``.
 
     Returns
     -------
@@ -103,6 +105,7 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
         result.timeseries.to_csv(tmp / "timeseries.csv", index=False)
         result.events.to_csv(tmp / "events.csv", index=False)
         result.stats.to_csv(tmp / "stats.csv", index=False)
+        result.in_flight.to_csv(tmp / "in_flight.csv", index=False)
         (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
         (tmp / "summary.json").write_text(
             json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"

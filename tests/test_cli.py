@@ -49,6 +49,7 @@ CONTRACT = [
 ]
 RUN_FILES = [
     "events.csv",
+    "in_flight.csv",
     "requests.parquet",
     "scenario.resolved.yaml",
     "stats.csv",

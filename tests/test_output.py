@@ -43,6 +43,7 @@ def test_write_run_writes_the_contract_files(result, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "events.csv",
+        "in_flight.csv",
         "requests.parquet",
         "scenario.resolved.yaml",
         "stats.csv",
@@ -114,6 +115,7 @@ def test_replacing_an_earlier_output_directory(result, tmp_path):
     # The directory was replaced, not merged into: the old parquet file is gone.
     assert sorted(p.name for p in out.iterdir()) == [
         "events.csv",
+        "in_flight.csv",
         "requests.csv",
         "scenario.resolved.yaml",
         "stats.csv",
