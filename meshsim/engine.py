@@ -402,7 +402,7 @@ class Engine:
         cl.retry_policy = retry
         cl.retry_uniform = self.streams.uniform(f"retry:{stream}")
         cl.panic_threshold = panic
-        cl.respond_cb = self.router.reply_cb()
+        cl.respond_cb = self.router.respond_cb
         self.router.timers(cl)
 
     # ---- random variates --------------------------------------------------------------------

@@ -30,11 +30,6 @@ __all__ = [
     "write_text_atomic",
 ]
 
-#: Files a run directory holds (the requests file is ``.parquet`` or, without pyarrow, ``.csv``).
-RUN_FILES = (
-    "summary.json", "timeseries.csv", "events.csv", "stats.csv", "in_flight.csv",
-    "scenario.resolved.yaml",
-)
 
 
 class OutputError(Exception):

@@ -123,7 +123,8 @@ class Router:
         self.env = engine.env
         self._backoff_cb = (self._backoff_done,)
         self._connected_cb = (self._connected,)
-        self._respond_cb = (self._respond,)
+        #: Callback tuple for the response leg of the router's attempts (``Engine.later``).
+        self.respond_cb = (self._respond,)
         self._tick_cb = (self._outlier_tick,)
         self._responses: dict[int, Outcome] = {}
         self._timeout = Outcome.per_try_timeout()
@@ -245,9 +246,6 @@ class Router:
         self._drain_connects(cl)
 
     # ---- outcomes -----------------------------------------------------------------------------
-
-    def reply_cb(self) -> tuple:
-        return self._respond_cb
 
     def _respond(self, ev: Any) -> None:
         """The callee's answer to attempt ``a`` is back at the caller's proxy."""

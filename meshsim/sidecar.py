@@ -50,7 +50,7 @@ class Cluster:
 
     __slots__ = (
         "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
-        "out_delay", "outlier", "panic_threshold", "pick", "policy", "policy_path", "pool",
+        "out_delay", "outlier", "panic_threshold", "pick", "policy_path", "pool",
         "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted", "route_timers",
         "seen", "stats", "try_timers",
     )
@@ -72,7 +72,6 @@ class Cluster:
         self.hosts = hosts
         self.active = [0] * len(hosts)
         self.avail = list(range(len(hosts)))
-        self.policy = policy
         self.pick = make_picker(policy, self.avail, self.active, uniform)
         self.out_delay = out_delay
         self.back_delay = back_delay
