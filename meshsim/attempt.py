@@ -10,12 +10,21 @@ class Attempt:
 
     The lean path (:meth:`Engine.send` without policies) sets only what it needs; ``call``,
     ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts.
+
+    An attempt is also the SimPy event that moves it (:meth:`Engine.schedule`): it has the
+    ``callbacks`` and ``_ok`` that ``Environment.step`` reads, and the callbacks receive the
+    attempt itself. An attempt waits for at most one event at a time (its request leg, the
+    callee's work, its response leg), so this saves allocating an event per delay, the most
+    frequent thing a run does.
     """
+
+    _ok = True  # what Environment.step checks after the callbacks: the event did not fail
 
     __slots__ = (
         "abandoned",
         "attempt",
         "call",
+        "callbacks",
         "client",
         "cluster",
         "conn",

@@ -129,6 +129,14 @@ class Engine:
         ev._value = value
         heappush(self._queue, (self.env._now + delay, _NORMAL, next(self._eid), ev))
 
+    def schedule(self, delay: float, callbacks: tuple[Callable[[Any], None]], a: Attempt) -> None:
+        """Call ``fn(a)`` for each ``fn`` of ``callbacks`` after ``delay`` seconds.
+
+        :meth:`later` for an attempt, which is its own event (see :class:`Attempt`).
+        """
+        a.callbacks = callbacks
+        heappush(self._queue, (self.env._now + delay, _NORMAL, next(self._eid), a))
+
     # ---- the hop -----------------------------------------------------------------------------
 
     def start_request(self, client: ClientDriver) -> None:
@@ -143,10 +151,15 @@ class Engine:
 
     def send(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None) -> None:
         """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy;
-        ``route_to`` is where a gateway upstream forwards the request next."""
-        if cluster.policy_path:
-            self.router.start(parent, cluster, optional, route_to)
-            return
+        ``route_to`` is where a gateway upstream forwards the request next.
+
+        Pods call ``cluster.send`` directly, which is this method or, on a cluster with
+        policies, :meth:`Router.start`: one call less per hop.
+        """
+        cluster.send(parent, cluster, optional, route_to)
+
+    def _send_lean(self, parent: Attempt, cluster: Cluster, optional: bool,
+                   route_to: str | None) -> None:
         a = Attempt()
         a.req = parent.req
         a.client = parent.client
@@ -169,10 +182,9 @@ class Engine:
         a.flags = 0  # code of "-"
         a.t_start = self.env._now
         a.t_arrive = a.t_begin = a.t_reply = _NAN
-        self.later(cluster.out_delay(), self.arrive_cb, a)
+        self.schedule(cluster.out_delay(), self.arrive_cb, a)
 
-    def _arrive(self, ev: Any) -> None:
-        a = ev._value
+    def _arrive(self, a: Attempt) -> None:
         a.t_arrive = self.env._now
         a.host.arrive(a)
 
@@ -181,10 +193,9 @@ class Engine:
         a.status = status
         a.t_reply = self.env._now
         cluster = a.cluster
-        self.later(cluster.back_delay(), cluster.respond_cb, a)
+        self.schedule(cluster.back_delay(), cluster.respond_cb, a)
 
-    def _respond(self, ev: Any) -> None:
-        a = ev._value
+    def _respond(self, a: Attempt) -> None:
         a.cluster.active[a.hostidx] -= 1
         parent = a.parent
         self.records.append((
@@ -212,7 +223,7 @@ class Engine:
         from .router import Call
 
         found: dict[int, Attempt] = {}
-        seeds = [item[3]._value for item in self._queue]
+        seeds = [ev if isinstance(ev, Attempt) else ev._value for _, _, _, ev in self._queue]
         seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
         # The router's attempts may also wait in a connection pool, a call between two
         # attempts (back-off) is held only by its timer event, and a call whose next back-off
@@ -302,6 +313,7 @@ class Engine:
                                 streams.uniform(f"gateway:{cl.client}") if len(gws) > 1 else None,
                                 net, net)
                 entry.respond_cb = self.respond_cb
+                entry.send = self._send_lean
                 route_to = cl.entry
             else:
                 entry = self._cluster(f"client:{cl.client}", f"client:{cl.client}", cl.entry)
@@ -353,6 +365,7 @@ class Engine:
         cl = Cluster(proxy, label, self.nodes.code(label), hosts, policy, uniform, out,
                      self._net(source, label))
         cl.respond_cb = self.respond_cb
+        cl.send = self._send_lean
         if not source.startswith("client"):
             self._policies(cl, f"{proxy}->{key}", dest, gateway)
         self.clusters.append(cl)
@@ -403,6 +416,7 @@ class Engine:
         cl.retry_uniform = self.streams.uniform(f"retry:{stream}")
         cl.panic_threshold = panic
         cl.respond_cb = self.router.respond_cb
+        cl.send = self.router.start
         self.router.timers(cl)
 
     # ---- random variates --------------------------------------------------------------------

@@ -93,8 +93,12 @@ class Deadlines:
     def add(self, deadline: float, item: Any) -> None:
         self.queue.append((deadline, item))
         if not self.armed:
-            self.armed = True
-            self.engine.later(deadline - self.engine.env._now, self.cb, None)
+            self.arm(deadline)
+
+    def arm(self, deadline: float) -> None:
+        """Set the timer for ``deadline``, the oldest entry's (callers append first)."""
+        self.armed = True
+        self.engine.later(deadline - self.engine.env._now, self.cb, None)
 
     def _tick(self, ev: Any) -> None:
         now = self.engine.env._now
@@ -127,6 +131,7 @@ class Router:
         self.respond_cb = (self._respond,)
         self._tick_cb = (self._outlier_tick,)
         self._responses: dict[int, Outcome] = {}
+        self.records_append = engine.records.append
         self._timeout = Outcome.per_try_timeout()
 
     # ---- a call -------------------------------------------------------------------------------
@@ -143,11 +148,50 @@ class Router:
 
     def start(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None,
               ) -> None:
-        """The pod (or gateway) working on ``parent`` calls ``cluster``."""
-        call = Call(parent, cluster, optional, route_to, self.env._now)
-        if call.deadline is not None:
-            cluster.route_timers.add(call.deadline, call)
-        self._try(call)
+        """The pod (or gateway) working on ``parent`` calls ``cluster``.
+
+        This is :meth:`_try` for a call's first try, written out flat: it runs for every call
+        through a proxy with policies, so it saves the calls and checks a first try does not
+        need. Anything unusual (no healthy host, panic, a pool that does not attach at once)
+        takes the general path.
+        """
+        now = self.env._now
+        cl = cluster
+        call = Call(parent, cl, optional, route_to, now)
+        deadline = call.deadline
+        if deadline is not None:
+            timers = cl.route_timers
+            timers.queue.append((deadline, call))
+            if not timers.armed:
+                timers.arm(deadline)
+        det = cl.outlier
+        if det is not None and (det.changes != cl.seen or det.pending_update_at is not None):
+            cl.refresh(now)
+        if not cl.avail or cl.in_panic:
+            self._try(call)
+            return
+        host = call.first_host = cl.pick()
+        a = self._attempt(call, host, now)
+        call.current = a
+        cl.active[host] += 1
+        pool = cl.pool
+        verdict = pool.request(now, host, a)
+        if verdict == ATTACHED:
+            a.conn = pool.attached_conn
+            timers = cl.try_timers
+            if timers is not None:
+                deadline = now + cl.retry_policy.per_try_timeout
+                timers.queue.append((deadline, a))
+                if not timers.armed:
+                    timers.arm(deadline)
+            eng = self.engine
+            eng.schedule(cl.out_delay(), eng.arrive_cb, a)
+        elif verdict == OVERFLOW:
+            cl.active[host] -= 1
+            self._local_reply(call, a, 503, "UO")
+            return
+        if pool.to_connect or pool.overflowed:
+            self._drain_connects(cl)
 
     def _try(self, call: Call) -> None:
         now = self.env._now
@@ -219,7 +263,7 @@ class Router:
         if timers is not None:
             timers.add(self.env._now + cl.retry_policy.per_try_timeout, a)
         eng = self.engine
-        eng.later(cl.out_delay(), eng.arrive_cb, a)
+        eng.schedule(cl.out_delay(), eng.arrive_cb, a)
 
     def _drain_connects(self, cl: Cluster) -> None:
         pool = cl.pool
@@ -247,9 +291,8 @@ class Router:
 
     # ---- outcomes -----------------------------------------------------------------------------
 
-    def _respond(self, ev: Any) -> None:
+    def _respond(self, a: Attempt) -> None:
         """The callee's answer to attempt ``a`` is back at the caller's proxy."""
-        a = ev._value
         now = self.env._now
         if a.abandoned:
             # The caller gave up on it earlier (per-try or route timeout): the callee's work was
@@ -279,10 +322,17 @@ class Router:
         if not wanted and (state is None or not state.holds_retry) and (
                 call.deadline is None or now < call.deadline):
             # Nothing to decide: RetryState.decide would answer with the response as it is.
+            # (_record and _finish, written out: this is every plain answer.)
             if state is not None:
                 state.done = True
-            self._record(a, now)
-            self._finish(call, status, "-")
+            parent = a.parent
+            self.records_append((
+                a.req, a.span, parent.span, a.client.code, a.source, a.dest, a.host.code,
+                a.attempt, a.t_start, now, status, a.flags, 0, a.t_arrive, a.t_begin, a.t_reply,
+            ))
+            call.done = True
+            call.current = None
+            parent.host.child_done(parent, status, 0, call.optional)
             return
         self._decide(call, a, self._outcome(status), now)
 

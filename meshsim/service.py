@@ -98,10 +98,9 @@ class Pod:
         self.busy += 1
         eng = self.engine
         a.t_begin = eng.env._now
-        eng.later(self.latency(), self.worked, a)
+        eng.schedule(self.latency(), self.worked, a)
 
-    def _worked(self, ev: Any) -> None:
-        a = ev._value
+    def _worked(self, a: Attempt) -> None:
         error = self.error
         if error is not None:
             status = error()
@@ -117,7 +116,6 @@ class Pod:
         steps = self.steps
         i = a.step
         n = len(steps)
-        send = self.engine.send
         while i < n:
             parallel, calls = steps[i]
             i += 1
@@ -127,7 +125,7 @@ class Pod:
                     continue
                 a.step = i
                 a.pending = 1
-                send(a, cluster, optional, route_to)
+                cluster.send(a, cluster, optional, route_to)
                 return
             chosen = [c for c in calls if c[1] >= 1.0 or self.uniform() < c[1]]
             if not chosen:
@@ -135,7 +133,7 @@ class Pod:
             a.step = i
             a.pending = len(chosen)
             for cluster, _, optional, route_to in chosen:
-                send(a, cluster, optional, route_to)
+                cluster.send(a, cluster, optional, route_to)
             return
         self._finish(a, 200)
 
@@ -175,7 +173,8 @@ class GatewayPod:
     def arrive(self, a: Attempt) -> None:
         a.t_begin = self.engine.env._now
         a.pending = 1
-        self.engine.send(a, self.routes[a.route_to], False, None)
+        cluster = self.routes[a.route_to]
+        cluster.send(a, cluster, False, None)
 
     def child_done(self, a: Attempt, status: int, flags: int, optional: bool) -> None:
         # A proxy passes the upstream status through.

@@ -52,7 +52,7 @@ class Cluster:
         "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "pick", "policy_path", "pool",
         "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted", "route_timers",
-        "seen", "stats", "try_timers",
+        "seen", "send", "stats", "try_timers",
     )
 
     def __init__(
@@ -86,6 +86,8 @@ class Cluster:
         self.stats: dict[str, int] = {}
         self.events: list[tuple[float, str, int, str]] = []
         self.respond_cb: tuple = ()
+        #: ``send(parent, cluster, optional, route_to)``: the engine's lean path or the router.
+        self.send: Callable[..., None] | None = None
         self.route_timers: Any = None
         self.try_timers: Any = None
         self.retry_wanted: dict[int, bool] = {}

@@ -411,9 +411,18 @@ class OutlierDetector:
         which resets the local-origin counter. Requests that never reached a host (``UO``,
         ``UH``, faults, rate limits) must not be reported.
         """
-        self._check_clock(now)
+        if now > self._next_tick + _EPS:
+            self._check_clock(now)
         state = self.hosts[host]
         split = self.config.split_external_local_origin_errors
+        if status < 500 and not local_origin and not split:
+            # The common case, inlined from _http_code: a success resets both counters.
+            bucket = state.sr_current
+            bucket.total += 1
+            bucket.success += 1
+            state.consecutive_5xx = 0
+            state.consecutive_gateway_failure = 0
+            return
         if local_origin:
             if status not in _LOCAL_ORIGIN_CODES:
                 raise ValueError(f"a local-origin failure is 503 or 504, not {status}")
