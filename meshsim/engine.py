@@ -99,7 +99,6 @@ class Engine:
         self._req = 0
         self._queue = self.env._queue
         self._eid = self.env._eid
-        self.arrive_cb = (self._arrive,)
         self.respond_cb = (self._respond,)
         self.clients: list[ClientDriver] = []
         self.pods: dict[str, list[Any]] = {}
@@ -182,11 +181,7 @@ class Engine:
         a.flags = 0  # code of "-"
         a.t_start = self.env._now
         a.t_arrive = a.t_begin = a.t_reply = _NAN
-        self.schedule(cluster.out_delay(), self.arrive_cb, a)
-
-    def _arrive(self, a: Attempt) -> None:
-        a.t_arrive = self.env._now
-        a.host.arrive(a)
+        self.schedule(cluster.out_delay(), a.host.arrive_cb, a)
 
     def reply(self, a: Attempt, status: int) -> None:
         """The callee of ``a`` answers ``status`` now; the answer travels back to the caller."""
@@ -232,7 +227,7 @@ class Engine:
             if cl.pool is not None:
                 seeds += [a for hp in cl.pool.hosts for a in hp.pending]
             if cl.route_timers is not None:
-                seeds += [call for _, call in cl.route_timers.queue]
+                seeds += cl.route_timers.calls()
         for a in seeds:
             if isinstance(a, Call):
                 if a.done:

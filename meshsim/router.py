@@ -22,6 +22,7 @@ written when its (now useless) answer arrives, with the status the caller saw (5
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 from .attempt import Attempt
@@ -35,13 +36,14 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Router"]
 
 _NAN = float("nan")
+_INF = float("inf")
 
 
 class Call:
     """One downstream request at one client proxy (Envoy's router stream)."""
 
     __slots__ = ("cluster", "current", "deadline", "done", "first_host", "optional", "parent",
-                 "route_to", "start", "state")
+                 "route_armed", "route_to", "start", "state")
 
     def __init__(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None,
                  now: float):
@@ -58,6 +60,7 @@ class Call:
         self.done = False
         timeout = cluster.retry_policy.route_timeout
         self.deadline = None if timeout is None else now + timeout
+        self.route_armed = False  # whether the route timer holds an entry for it
 
     def retry_state(self) -> RetryState:
         state = self.state
@@ -69,29 +72,28 @@ class Call:
         return state
 
 
-class Deadlines:
-    """The timeouts of one cluster: one SimPy timer however many calls are waiting.
+class TryTimers:
+    """The per-try timeouts of one cluster: one SimPy timer however many attempts are waiting.
 
-    A cluster's timeout is the same for every call (the route's ``timeout``, or its
-    ``perTryTimeout``), so deadlines arrive in the order calls start: a FIFO queue. Only the
-    oldest entry needs a timer; when it fires, entries whose call has finished are dropped
-    (nearly all of them, as answers come in milliseconds and timeouts in seconds) and entries
-    that are due fire. This replaces one timer event per call by about one per timeout period
-    per cluster: the difference between a policy costing nothing and costing a third of the run.
+    A cluster's ``perTryTimeout`` is the same for every attempt, so deadlines arrive in the order
+    attempts are sent: a FIFO queue. Only the oldest entry needs a timer; when it fires, entries
+    whose attempt has been answered are dropped (nearly all of them, as answers come in
+    milliseconds and timeouts in seconds) and entries that are due fire. This replaces one timer
+    event per attempt by about one per timeout period per cluster: the difference between a
+    timeout costing nothing and costing a third of the run.
     """
 
-    __slots__ = ("armed", "cb", "engine", "fire", "is_live", "queue")
+    __slots__ = ("armed", "cb", "engine", "fire", "queue")
 
-    def __init__(self, engine: Engine, fire: Any, is_live: Any):
+    def __init__(self, engine: Engine, fire: Any):
         self.engine = engine
-        self.queue: deque[tuple[float, Any]] = deque()
+        self.queue: deque[tuple[float, Attempt]] = deque()
         self.armed = False
         self.fire = fire
-        self.is_live = is_live
         self.cb = (self._tick,)
 
-    def add(self, deadline: float, item: Any) -> None:
-        self.queue.append((deadline, item))
+    def add(self, deadline: float, a: Attempt) -> None:
+        self.queue.append((deadline, a))
         if not self.armed:
             self.arm(deadline)
 
@@ -103,20 +105,100 @@ class Deadlines:
     def _tick(self, ev: Any) -> None:
         now = self.engine.env._now
         queue = self.queue
-        is_live = self.is_live
         while queue:
-            deadline, item = queue[0]
-            if is_live(item):
+            deadline, a = queue[0]
+            # Live in the caller's view: the attempt is its call's current one until its answer
+            # reaches the caller (a.status is set earlier, when the callee replies).
+            call = a.call
+            if not call.done and call.current is a and not a.abandoned:
                 if deadline > now:
                     break
                 queue.popleft()
-                self.fire(item)
+                self.fire(a)
             else:
                 queue.popleft()
         if queue:
             self.engine.later(queue[0][0] - now, self.cb, None)
         else:
             self.armed = False
+
+
+class RouteTimers:
+    """The route timeouts of one cluster, armed for a call only while it needs one.
+
+    A call needs its route timer only when nothing else is sure to wake it before its deadline.
+    When the cluster has a per-try timeout shorter than the route timeout (``lazy``), a call
+    whose first try goes out at once is covered by that try's timer: it is answered, or the
+    per-try timer fires before the route deadline. Only a call that waits in the pool, or goes
+    on to a retry, arms its route timer, at that moment, so entries come out of order and live
+    in a heap. Without such a per-try timeout every call arms at its start, in start order: a
+    FIFO queue, as :class:`TryTimers`. Either way one SimPy timer serves the earliest entry.
+    """
+
+    __slots__ = ("armed_at", "cb", "engine", "fifo", "fire", "heap", "lazy", "seq")
+
+    def __init__(self, engine: Engine, fire: Any, lazy: bool):
+        self.engine = engine
+        self.fire = fire
+        self.lazy = lazy
+        self.fifo: deque[tuple[float, Call]] = deque()
+        self.heap: list[tuple[float, int, Call]] = []
+        self.seq = 0
+        self.armed_at = _INF  # time of the earliest timer set; later ones are stale
+        self.cb = (self._tick,)
+
+    def add_in_order(self, deadline: float, call: Call) -> None:
+        """A call starting now (not ``lazy``): its deadline is the latest so far."""
+        self.fifo.append((deadline, call))
+        if deadline < self.armed_at:
+            self.arm(deadline)
+
+    def add_late(self, deadline: float, call: Call) -> None:
+        """A call that has started earlier and now needs its timer (``lazy``)."""
+        self.seq += 1
+        heappush(self.heap, (deadline, self.seq, call))
+        if deadline < self.armed_at:
+            self.arm(deadline)
+
+    def arm(self, deadline: float) -> None:
+        self.armed_at = deadline
+        self.engine.later(deadline - self.engine.env._now, self.cb, None)
+
+    def calls(self) -> list[Call]:
+        """Every call with an entry (finished ones included), for :meth:`Engine.in_flight`."""
+        return [c for _, c in self.fifo] + [c for _, _, c in self.heap]
+
+    def _tick(self, ev: Any) -> None:
+        now = self.engine.env._now
+        if now < self.armed_at:
+            return  # a timer superseded by an earlier one, which has already run
+        fifo, heap, fire = self.fifo, self.heap, self.fire
+        while fifo:
+            deadline, call = fifo[0]
+            if not call.done:
+                if deadline > now:
+                    break
+                fifo.popleft()
+                fire(call)
+            else:
+                fifo.popleft()
+        while heap:
+            deadline, _, call = heap[0]
+            if not call.done:
+                if deadline > now:
+                    break
+                heappop(heap)
+                fire(call)
+            else:
+                heappop(heap)
+        nxt = _INF
+        if fifo:
+            nxt = fifo[0][0]
+        if heap and heap[0][0] < nxt:
+            nxt = heap[0][0]
+        self.armed_at = _INF
+        if nxt < _INF:
+            self.arm(nxt)
 
 
 class Router:
@@ -137,14 +219,21 @@ class Router:
     # ---- a call -------------------------------------------------------------------------------
 
     def timers(self, cl: Cluster) -> None:
-        """Give ``cl`` its deadline queues (route and per-try), as its retry policy needs."""
+        """Give ``cl`` its timers (route and per-try), as its retry policy needs."""
         policy = cl.retry_policy
-        cl.route_timers = Deadlines(self.engine, self._route_timeout, _call_live) \
-            if policy.route_timeout is not None else None
-        cl.try_timers = Deadlines(self.engine, self._per_try_timeout, _attempt_live) \
-            if policy.per_try_timeout is not None else None
+        route, per_try = policy.route_timeout, policy.per_try_timeout
+        cl.route_timers = None if route is None else RouteTimers(
+            self.engine, self._route_timeout,
+            lazy=per_try is not None and per_try < route)
+        cl.try_timers = None if per_try is None else TryTimers(self.engine, self._per_try_timeout)
         # Which response statuses the policy would retry: asked once per status, not per call.
         cl.retry_wanted = {}
+
+    def _arm_route(self, call: Call) -> None:
+        """Make sure the route timer will answer ``call`` at its deadline (see RouteTimers)."""
+        if not call.route_armed and call.deadline is not None:
+            call.route_armed = True
+            call.cluster.route_timers.add_late(call.deadline, call)
 
     def start(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None,
               ) -> None:
@@ -159,11 +248,9 @@ class Router:
         cl = cluster
         call = Call(parent, cl, optional, route_to, now)
         deadline = call.deadline
-        if deadline is not None:
-            timers = cl.route_timers
-            timers.queue.append((deadline, call))
-            if not timers.armed:
-                timers.arm(deadline)
+        if deadline is not None and not cl.route_timers.lazy:
+            call.route_armed = True
+            cl.route_timers.add_in_order(deadline, call)
         det = cl.outlier
         if det is not None and (det.changes != cl.seen or det.pending_update_at is not None):
             cl.refresh(now)
@@ -185,11 +272,13 @@ class Router:
                 if not timers.armed:
                     timers.arm(deadline)
             eng = self.engine
-            eng.schedule(cl.out_delay(), eng.arrive_cb, a)
+            eng.schedule(cl.out_delay(), a.host.arrive_cb, a)
         elif verdict == OVERFLOW:
             cl.active[host] -= 1
             self._local_reply(call, a, 503, "UO")
             return
+        else:  # pending: no per-try timer runs until it gets a connection
+            self._arm_route(call)
         if pool.to_connect or pool.overflowed:
             self._drain_connects(cl)
 
@@ -223,6 +312,8 @@ class Router:
             cl.active[host] -= 1
             self._local_reply(call, a, 503, "UO")
             return
+        else:  # pending: no per-try timer runs until it gets a connection
+            self._arm_route(call)
         if pool.to_connect or pool.overflowed:
             self._drain_connects(cl)
 
@@ -263,7 +354,7 @@ class Router:
         if timers is not None:
             timers.add(self.env._now + cl.retry_policy.per_try_timeout, a)
         eng = self.engine
-        eng.schedule(cl.out_delay(), eng.arrive_cb, a)
+        eng.schedule(cl.out_delay(), a.host.arrive_cb, a)
 
     def _drain_connects(self, cl: Cluster) -> None:
         pool = cl.pool
@@ -419,6 +510,8 @@ class Router:
         held = state.holds_retry
         allowed = pool.retry_allowed(pool.active_retries - held)
         decision = state.decide(now, outcome, allowed)
+        if decision.retry or decision.delay > 0:
+            self._arm_route(call)  # a back-off and a new try: no per-try timer covers them
         if held:
             pool.retry_finished(now)
         if decision.counters:
@@ -493,13 +586,3 @@ class Router:
         det.on_tick(self.env._now)
         self.engine.later(det.next_tick() - self.env._now, self._tick_cb, cl)
 
-
-def _call_live(call: Call) -> bool:
-    return not call.done
-
-
-def _attempt_live(a: Attempt) -> bool:
-    # The caller's view: the attempt is the call's current one until its answer reaches the
-    # caller (a.status is set earlier, when the callee replies, while the answer travels).
-    call = a.call
-    return not call.done and call.current is a and not a.abandoned

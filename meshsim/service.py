@@ -42,6 +42,7 @@ class Pod:
     """
 
     __slots__ = (
+        "arrive_cb",
         "busy",
         "code",
         "downstream_error_status",
@@ -81,11 +82,15 @@ class Pod:
         # by the engine once every pod exists, because clusters point at other pods.
         self.steps: tuple[tuple[bool, tuple[tuple[Any, float, bool, str | None], ...]], ...] = ()
         self.uniform: Callable[[], float] | None = None
-        self.worked = (self._worked,)  # built once: it is scheduled for every request
+        # Callback tuples, built once: each is scheduled for every request.
+        self.worked = (self._worked,)
+        self.arrive_cb = (self.arrive,)
 
     # -- arrival and the worker pool ----------------------------------------------------------
 
     def arrive(self, a: Attempt) -> None:
+        """The request ``a`` reaches this pod (the engine schedules :attr:`arrive_cb`)."""
+        a.t_arrive = self.engine.env._now
         if self.busy < self.workers:
             self._start(a)
         elif len(self.queue) < self.qcap:
@@ -158,7 +163,7 @@ class Pod:
 class GatewayPod:
     """An ingress or egress gateway pod: an Envoy that forwards without a worker limit."""
 
-    __slots__ = ("code", "engine", "name", "passes_flags", "routes", "service")
+    __slots__ = ("arrive_cb", "code", "engine", "name", "passes_flags", "routes", "service")
 
     def __init__(self, engine: Engine, name: str, passes_flags: bool = False):
         self.engine = engine
@@ -169,9 +174,10 @@ class GatewayPod:
         # gateway router's flags (UO, UH, URX, ...). The egress gateway's callers are sidecars,
         # which see a plain upstream response and log their own flags.
         self.passes_flags = passes_flags
+        self.arrive_cb = (self.arrive,)
 
     def arrive(self, a: Attempt) -> None:
-        a.t_begin = self.engine.env._now
+        a.t_arrive = a.t_begin = self.engine.env._now
         a.pending = 1
         cluster = self.routes[a.route_to]
         cluster.send(a, cluster, False, None)
