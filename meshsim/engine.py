@@ -185,10 +185,13 @@ class Engine:
 
     def reply(self, a: Attempt, status: int) -> None:
         """The callee of ``a`` answers ``status`` now; the answer travels back to the caller."""
+        now = self.env._now
         a.status = status
-        a.t_reply = self.env._now
+        a.t_reply = now
         cluster = a.cluster
-        self.schedule(cluster.back_delay(), cluster.respond_cb, a)
+        # schedule(), written out: this runs for every attempt.
+        a.callbacks = cluster.respond_cb
+        heappush(self._queue, (now + cluster.back_delay(), _NORMAL, next(self._eid), a))
 
     def _respond(self, a: Attempt) -> None:
         a.cluster.active[a.hostidx] -= 1

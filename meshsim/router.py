@@ -58,7 +58,7 @@ class Call:
         self.first_host: int | None = None
         self.current: Attempt | None = None
         self.done = False
-        timeout = cluster.retry_policy.route_timeout
+        timeout = cluster.route_timeout
         self.deadline = None if timeout is None else now + timeout
         self.route_armed = False  # whether the route timer holds an entry for it
 
@@ -221,7 +221,8 @@ class Router:
     def timers(self, cl: Cluster) -> None:
         """Give ``cl`` its timers (route and per-try), as its retry policy needs."""
         policy = cl.retry_policy
-        route, per_try = policy.route_timeout, policy.per_try_timeout
+        route = cl.route_timeout = policy.route_timeout
+        per_try = cl.per_try_timeout = policy.per_try_timeout
         cl.route_timers = None if route is None else RouteTimers(
             self.engine, self._route_timeout,
             lazy=per_try is not None and per_try < route)
@@ -267,12 +268,14 @@ class Router:
             a.conn = pool.attached_conn
             timers = cl.try_timers
             if timers is not None:
-                deadline = now + cl.retry_policy.per_try_timeout
+                deadline = now + cl.per_try_timeout
                 timers.queue.append((deadline, a))
                 if not timers.armed:
                     timers.arm(deadline)
+            # Engine.schedule, written out.
             eng = self.engine
-            eng.schedule(cl.out_delay(), a.host.arrive_cb, a)
+            a.callbacks = a.host.arrive_cb
+            heappush(eng._queue, (now + cl.out_delay(), 1, next(eng._eid), a))
         elif verdict == OVERFLOW:
             cl.active[host] -= 1
             self._local_reply(call, a, 503, "UO")
@@ -320,26 +323,27 @@ class Router:
     def _attempt(self, call: Call, host: int | None, now: float) -> Attempt:
         eng = self.engine
         parent = call.parent
+        cl = call.cluster
+        state = call.state
         a = Attempt()
-        eng._span += 1
-        a.span = eng._span
+        a.span = eng._span = eng._span + 1
         a.req = parent.req
         a.client = parent.client
         a.parent = parent
         a.source = parent.host.service
         a.optional = call.optional
-        a.cluster = call.cluster
-        a.dest = call.cluster.code
+        a.cluster = cl
+        a.dest = cl.code
         a.route_to = call.route_to
         a.hostidx = host
-        a.host = call.cluster.hosts[host] if host is not None else eng.no_host
+        a.host = eng.no_host if host is None else cl.hosts[host]
         a.failed = False
         a.flags = 0
         a.status = 0
         a.t_start = now
         a.t_arrive = a.t_begin = a.t_reply = a.t_end = _NAN
         a.call = call
-        a.attempt = 1 if call.state is None else call.state.attempts
+        a.attempt = 1 if state is None else state.attempts
         a.conn = -1
         a.abandoned = 0  # the status the caller gave up with (504), 0 while it waits
         return a
@@ -352,7 +356,7 @@ class Router:
         cl = a.cluster
         timers = cl.try_timers
         if timers is not None:
-            timers.add(self.env._now + cl.retry_policy.per_try_timeout, a)
+            timers.add(self.env._now + cl.per_try_timeout, a)
         eng = self.engine
         eng.schedule(cl.out_delay(), a.host.arrive_cb, a)
 

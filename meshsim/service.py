@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -102,8 +103,10 @@ class Pod:
     def _start(self, a: Attempt) -> None:
         self.busy += 1
         eng = self.engine
-        a.t_begin = eng.env._now
-        eng.schedule(self.latency(), self.worked, a)
+        now = a.t_begin = eng.env._now
+        # Engine.schedule, written out: this runs for every request a pod works on.
+        a.callbacks = self.worked
+        heappush(eng._queue, (now + self.latency(), 1, next(eng._eid), a))
 
     def _worked(self, a: Attempt) -> None:
         error = self.error

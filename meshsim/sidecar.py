@@ -50,9 +50,9 @@ class Cluster:
 
     __slots__ = (
         "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
-        "out_delay", "outlier", "panic_threshold", "pick", "policy_path", "pool",
-        "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted", "route_timers",
-        "seen", "send", "stats", "try_timers",
+        "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
+        "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
+        "route_timeout", "route_timers", "seen", "send", "stats", "try_timers",
     )
 
     def __init__(
@@ -89,6 +89,9 @@ class Cluster:
         #: ``send(parent, cluster, optional, route_to)``: the engine's lean path or the router.
         self.send: Callable[..., None] | None = None
         self.route_timers: Any = None
+        #: The retry policy's timeouts (seconds, None when off), read for every call.
+        self.route_timeout: float | None = None
+        self.per_try_timeout: float | None = None
         self.try_timers: Any = None
         self.retry_wanted: dict[int, bool] = {}
 
