@@ -181,8 +181,11 @@ def test_pods_never_exceed_their_workers_or_queue(sc, seed):
         # FIFO: who arrived first starts first.
         started = start_work[waiting][np.lexsort((start_work[waiting], arrive[waiting]))]
         assert (started[1:] >= started[:-1]).all()
-        # Only a full queue refuses: and a refused request is answered at once with 503.
-        assert (rows_["status"].to_numpy()[refused] == 503).all()
+        # Only a full queue refuses: and a refused request is answered at once with 503 (its
+        # status is still 0 if the run ended while the answer was on its way back).
+        status = rows_["status"].to_numpy()[refused]
+        in_flight = rows_["t_end"].isna().to_numpy()[refused]
+        assert ((status == 503) | (in_flight & (status == 0))).all()
         assert (rows_["t_reply"].to_numpy()[refused] == arrive[refused]).all()
 
 
