@@ -84,7 +84,7 @@ class Pod:
         self.steps: tuple[tuple[bool, tuple[tuple[Any, float, bool, str | None], ...]], ...] = ()
         self.uniform: Callable[[], float] | None = None
         # Callback tuples, built once: each is scheduled for every request.
-        self.worked = (self._worked,)
+        self.worked = (self._worked,) if error is not None else (self._next_step,)
         self.arrive_cb = (self.arrive,)
 
     # -- arrival and the worker pool ----------------------------------------------------------
@@ -104,18 +104,17 @@ class Pod:
         self.busy += 1
         eng = self.engine
         now = a.t_begin = eng.env._now
+        a.step = 0
         # Engine.schedule, written out: this runs for every request a pod works on.
         a.callbacks = self.worked
         heappush(eng._queue, (now + self.latency(), 1, next(eng._eid), a))
 
     def _worked(self, a: Attempt) -> None:
-        error = self.error
-        if error is not None:
-            status = error()
-            if status:
-                self._finish(a, status)
-                return
-        a.step = 0
+        # Scheduled only for pods that can fail; the others go straight to _next_step.
+        status = self.error()
+        if status:
+            self._finish(a, status)
+            return
         self._next_step(a)
 
     # -- downstream calls -----------------------------------------------------------------------
