@@ -6,6 +6,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -213,10 +214,13 @@ def _stats(engine: Engine) -> pd.DataFrame:
 def _frame(rows: list[tuple], names: dict[str, list[str]]) -> pd.DataFrame:
     """Rows of numbers (names as integer codes) to the requests frame.
 
-    Every field of a row is a number, so numpy converts the whole list in one C pass; float64
+    Every field of a row is a number, so numpy converts the whole list in one C pass (``fromiter``
+    over the chained rows, which is faster than ``np.array`` of the list of tuples); float64
     holds the integer fields exactly (ids stay far below 2**53).
     """
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(REQUEST_COLUMNS))
+    width = len(REQUEST_COLUMNS)
+    table = np.fromiter(chain.from_iterable(rows), dtype=np.float64,
+                        count=len(rows) * width).reshape(len(rows), width)
     data: dict[str, Any] = {}
     for i, name in enumerate(REQUEST_COLUMNS):
         col = table[:, i]
