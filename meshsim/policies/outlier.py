@@ -329,7 +329,9 @@ class OutlierDetector:
         self._ejected: set[int] = set()
         self._lb_ejected: frozenset[int] = frozenset()
         self._last_applied = -math.inf
-        self._pending_at: float | None = None
+        #: Time (s) at which a merged health update reaches the load balancer, or None. Read
+        #: by the engine before every pick, so a plain attribute (do not set it from outside).
+        self.pending_update_at: float | None = None
         #: Bumped on every ejection or un-ejection, so a load balancer can cache its list of
         #: available hosts and rebuild it only when this (or a due merged update) changes.
         self.changes = 0
@@ -360,11 +362,6 @@ class OutlierDetector:
         """Time (s) at which the engine must call :meth:`on_tick` next."""
         return self._next_tick
 
-    @property
-    def pending_update_at(self) -> float | None:
-        """Time (s) at which a merged health update reaches the load balancer, or None."""
-        return self._pending_at
-
     def healthy_hosts(self, now: float) -> list[int]:
         """Hosts the load balancer treats as not ejected at ``now`` (before any panic rule).
 
@@ -379,7 +376,7 @@ class OutlierDetector:
         every update at once.
         """
         self._check_clock(now)
-        held = self._pending_at is not None and now < self._pending_at - _EPS
+        held = self.pending_update_at is not None and now < self.pending_update_at - _EPS
         view = self._lb_ejected if held else self._ejected
         return [h for h in range(len(self.hosts)) if h not in view]
 
@@ -596,10 +593,10 @@ class OutlierDetector:
     def _set_ejected(self, now: float, host: int, ejected: bool) -> None:
         # A held update that fell due before `now` was delivered at its time, carrying the
         # state as it was then (nothing changed since, or it would have been flushed earlier).
-        if self._pending_at is not None and now >= self._pending_at - _EPS:
+        if self.pending_update_at is not None and now >= self.pending_update_at - _EPS:
             self._lb_ejected = frozenset(self._ejected)
-            self._last_applied = self._pending_at
-            self._pending_at = None
+            self._last_applied = self.pending_update_at
+            self.pending_update_at = None
         self.hosts[host].ejected = ejected
         self.changes += 1
         if ejected:
@@ -610,8 +607,8 @@ class OutlierDetector:
         if window <= 0 or now - self._last_applied > window:  # scheduleUpdate: delta > window
             self._lb_ejected = frozenset(self._ejected)
             self._last_applied = now
-        elif self._pending_at is None:
-            self._pending_at = self._last_applied + window
+        elif self.pending_update_at is None:
+            self.pending_update_at = self._last_applied + window
 
     def _check_clock(self, now: float) -> None:
         if now > self._next_tick + _EPS:
