@@ -159,7 +159,13 @@ class Pod:
         self.busy -= 1
         if self.queue:
             self._start(self.queue.popleft())
-        self.engine.reply(a, status)
+        # Engine.reply, written out: this runs for every request a pod works on.
+        eng = self.engine
+        now = a.t_reply = eng.env._now
+        a.status = status
+        cluster = a.cluster
+        a.callbacks = cluster.respond_cb
+        heappush(eng._queue, (now + cluster.back_delay(), 1, next(eng._eid), a))
 
 
 class GatewayPod:
