@@ -229,12 +229,12 @@ def test_envoy_random_value_is_the_residue_every_denominator_needs():
     assert FractionalPercent(1, 100).enabled(envoy_random_value(0.5))  # 500000 % 100 == 0
 
 
-@settings(max_examples=60, deadline=None)
-@given(value=st.floats(0, 100), seed=st.integers(0, 2**32 - 1))
-def test_faulted_share_matches_the_percentage_within_a_binomial_bound(value, seed):
+@pytest.mark.parametrize("value", [0, 0.0001, 0.01, 0.5, 1, 10, 33.3, 50, 90, 99.99, 100])
+def test_faulted_share_matches_the_percentage_within_a_binomial_bound(value):
     # Over N requests the abort count is Binomial(N, p): |k - Np| <= 3.3 sd holds with 99.9 %
-    # (two-sided normal quantile 3.29); +1 for the discreteness at tiny p.
-    n = 4000
+    # (two-sided normal quantile 3.29); +1 for the discreteness at tiny p. Fixed seed, fixed
+    # grid: a statistical check must not go looking for the unlucky seed.
+    n, seed = 4000, 20261126
     config = FaultConfig.from_istio({"abort": {"httpStatus": 503,
                                                "percentage": {"value": value}}})
     injector = FaultInjector(config, np.random.default_rng(seed).random)

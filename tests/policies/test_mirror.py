@@ -126,11 +126,11 @@ def test_no_mirrors_no_draw_and_fractional_mirrors_need_uniform():
         Mirroring(half)
 
 
-@settings(max_examples=60, deadline=None)
-@given(value=st.floats(0.0001, 100), seed=st.integers(0, 2**32 - 1))
-def test_mirrored_share_matches_the_percentage_within_a_binomial_bound(value, seed):
+@pytest.mark.parametrize("value", [0.0001, 0.01, 0.5, 1, 10, 33.3, 50, 90, 99.99, 100])
+def test_mirrored_share_matches_the_percentage_within_a_binomial_bound(value):
     # Binomial(N, p): |k - Np| <= 3.3 sd with 99.9 % (normal approximation), +1 for tiny p.
-    n = 4000
+    # Fixed seed, fixed grid: a statistical check must not go looking for the unlucky seed.
+    n, seed = 4000, 20261126
     policy = MirrorPolicy.from_istio({"mirror": {"host": "v2"},
                                       "mirrorPercentage": {"value": value}})
     mirroring = Mirroring(policy, np.random.default_rng(seed).random)
