@@ -9,7 +9,9 @@ class Attempt:
     """One attempt of one hop: a row of the ``requests`` table while it is in flight.
 
     The lean path (:meth:`Engine.send` without policies) sets only what it needs; ``call``,
-    ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts.
+    ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts, and
+    ``inbound_conn`` (the stream held in the callee's own sidecar, -1 for none) to attempts
+    that reach a pod whose sidecar limits.
 
     An attempt is also the SimPy event that moves it (:meth:`Engine.schedule`): it has the
     ``callbacks`` and ``_ok`` that ``Environment.step`` reads, and the callbacks receive the
@@ -33,6 +35,7 @@ class Attempt:
         "flags",
         "host",
         "hostidx",
+        "inbound_conn",
         "optional",
         "parent",
         "pending",

@@ -223,6 +223,9 @@ class Engine:
         found: dict[int, Attempt] = {}
         seeds = [ev if isinstance(ev, Attempt) else ev._value for _, _, _, ev in self._queue]
         seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
+        # ... or waiting in the pool of the callee's own sidecar.
+        seeds += [a for pods in self.pods.values() for p in pods if p.inbound is not None
+                  for a in p.inbound.hosts[0].pending]
         # The router's attempts may also wait in a connection pool, a call between two
         # attempts (back-off) is held only by its timer event, and a call whose next back-off
         # would end past its deadline only by the route deadline queue: their callers wait.
@@ -258,6 +261,7 @@ class Engine:
                           svc.downstream_error_status)
                 pod.service = self.nodes.code(name)
                 pod.code = self.hosts.code(pod_name)
+                pod.inbound = self._inbound_pool(name)
                 pods.append(pod)
             self.pods[name] = pods
         for name, ext in sc.external_services.items():
@@ -368,6 +372,25 @@ class Engine:
             self._policies(cl, f"{proxy}->{key}", dest, gateway)
         self.clusters.append(cl)
         return cl
+
+    def _inbound_pool(self, service: str) -> ConnectionPool | None:
+        """The connection pool of a pod's own sidecar towards its app, if it can ever limit.
+
+        Its settings come from the service's ``Sidecar.inboundConnectionPool`` or else its
+        ``DestinationRule``'s ``connectionPool`` (:meth:`Scenario.inbound_connection_pool`),
+        translated as for a client proxy; with none, Istio's unlimited defaults leave nothing
+        to simulate, while plain Envoy's defaults (1024) do.
+        """
+        sc = self.scenario
+        istio = sc.mesh.istio_defaults
+        block = sc.inbound_connection_pool(service)
+        if block is not None:
+            cfg = PoolConfig.from_istio(istio_dict(block), istio_defaults=istio)
+        else:
+            cfg = PoolConfig.istio_default() if istio else PoolConfig()
+        if not _limits_pool(cfg):
+            return None
+        return ConnectionPool(1, cfg)
 
     def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None) -> None:
         """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.

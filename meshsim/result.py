@@ -45,6 +45,9 @@ _CATEGORIES = ("client", "source", "destination", "host", "flags")
 EVENT_COLUMNS = ("t", "kind", "source", "destination", "host", "detail")
 #: Columns of :attr:`Result.stats`.
 STAT_COLUMNS = ("proxy", "cluster", "stat", "value")
+#: The ``cluster`` of a pod's own sidecar's counters (Envoy's ``inbound|<port>||`` cluster) in
+#: :attr:`Result.stats`, and the ``destination`` of its events.
+INBOUND = "inbound"
 
 
 @dataclass
@@ -191,6 +194,9 @@ def _events(engine: Engine) -> pd.DataFrame:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
                 rows.append((t, kind, cl.proxy, cl.dest, name, detail))
+    for pod in _inbound_pods(engine):
+        for t, kind, _, detail in pod.inbound.events:
+            rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})
@@ -208,7 +214,16 @@ def _stats(engine: Engine) -> pd.DataFrame:
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
         rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
+    for pod in _inbound_pods(engine):
+        pool = pod.inbound
+        values = dict(pool.stats)
+        values.update({f"circuit_breakers.default.{k}": v for k, v in pool.gauges().items()})
+        rows += [(pod.name, INBOUND, k, int(v)) for k, v in sorted(values.items())]
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def _inbound_pods(engine: Engine) -> list[Any]:
+    return [p for pods in engine.pods.values() for p in pods if p.inbound is not None]
 
 
 def _frame(rows: list[tuple], names: dict[str, list[str]]) -> pd.DataFrame:

@@ -345,6 +345,7 @@ class Router:
         a.call = call
         a.attempt = 1 if state is None else state.attempts
         a.conn = -1
+        a.inbound_conn = -1
         a.abandoned = 0  # the status the caller gave up with (504), 0 while it waits
         return a
 
@@ -500,6 +501,10 @@ class Router:
         # being closed (an HTTP/1.1 reset closes it in Envoy, and the next request then pays a
         # connection set-up), so connection churn after timeouts is not modelled.
         self._free_stream(cl, a, now)
+        if a.host.inbound is not None and a.host.cancel(a):
+            # It was still waiting in the callee's own sidecar, which drops it: no late answer
+            # will come, so its row (the caller's view) is written now.
+            self._record(a, now)
 
     def _free_stream(self, cl: Cluster, a: Attempt, now: float) -> None:
         attached = cl.pool.done(now, a.hostidx, a.conn)

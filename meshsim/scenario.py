@@ -40,7 +40,13 @@ from .arrivals import (
 )
 from .distributions import Distribution
 from .errors import Issue, ScenarioError, from_validation_error
-from .istio import DestinationRule, HTTPRoute, TrafficPolicy, VirtualService
+from .istio import (
+    ConnectionPoolSettings,
+    DestinationRule,
+    HTTPRoute,
+    TrafficPolicy,
+    VirtualService,
+)
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 
@@ -261,6 +267,18 @@ class Sidecar(Model):
     1.7 ms and p99 2.7 ms (Istio 1.12 performance figures at 1000 rps, 16 connections)."""
 
 
+class SidecarResource(Model):
+    """An Istio ``Sidecar`` resource for the pods of one service (its ``workloadSelector``).
+
+    Only the field that changes what meshsim simulates is taken.
+    """
+
+    inbound_connection_pool: ConnectionPoolSettings | None = None
+    """Limits of the pod's own (inbound) sidecar towards the app, in place of the
+    ``connectionPool`` of the service's ``DestinationRule``, which istiod applies to the inbound
+    cluster too when this is unset (Istio 1.20+: ``Sidecar.inboundConnectionPool``)."""
+
+
 class Mesh(Model):
     """The service mesh: gateways, proxy costs and Istio policy resources."""
 
@@ -275,6 +293,9 @@ class Mesh(Model):
     """Istio ``DestinationRule`` specs by host (service or external service name)."""
     virtual_services: dict[str, VirtualService] = Field(default_factory=dict)
     """Istio ``VirtualService`` specs by host, as the sidecars apply them."""
+    sidecars: dict[str, SidecarResource] = Field(default_factory=dict)
+    """Istio ``Sidecar`` specs by service, for the settings of that service's pods' own
+    sidecars."""
 
 
 class Network(Model):
@@ -327,6 +348,22 @@ class Scenario(Model):
         if rule is None or rule.traffic_policy is None:
             return TrafficPolicy()
         return rule.traffic_policy
+
+    def inbound_connection_pool(self, service: str) -> ConnectionPoolSettings | None:
+        """The ``connectionPool`` the sidecar of each pod of ``service`` applies to requests
+        into its app (None: Istio's defaults).
+
+        istiod builds the inbound cluster's circuit breakers from the ``Sidecar``'s
+        ``inboundConnectionPool`` if set, else from the ``connectionPool`` of the
+        ``DestinationRule`` for the service itself (``istio/istio``
+        ``pilot/pkg/networking/core/cluster_builder.go``; its test
+        ``TestInboundConnectionPoolForPort`` pins both cases): a rule written to limit the
+        *callers* also limits each *pod*.
+        """
+        sidecar = self.mesh.sidecars.get(service)
+        if sidecar is not None and sidecar.inbound_connection_pool is not None:
+            return sidecar.inbound_connection_pool
+        return self.traffic_policy(service).connection_pool
 
     def http_route(self, host: str, gateway: str | None = None) -> HTTPRoute | None:
         """The route a client proxy applies to requests for ``host``: the first ``http`` route
@@ -568,6 +605,9 @@ def cross_check(sc: Scenario) -> list[Issue]:
             for host in hosts:
                 if host not in known:
                     issues.append(Issue((*where, field, host), _unknown(host, known, "host")))
+    for name in sc.mesh.sidecars:
+        if name not in services:
+            issues.append(Issue(("mesh", "sidecars", name), _unknown(name, services, "service")))
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))

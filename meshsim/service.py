@@ -14,8 +14,11 @@ from collections.abc import Callable
 from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
+from .policies.connection_pool import ATTACHED, OVERFLOW
+
 if TYPE_CHECKING:
     from .engine import Attempt, Engine
+    from .policies.connection_pool import ConnectionPool
 
 __all__ = ["GatewayPod", "Pod", "bursty_state"]
 
@@ -49,6 +52,7 @@ class Pod:
         "downstream_error_status",
         "engine",
         "error",
+        "inbound",
         "latency",
         "name",
         "qcap",
@@ -86,19 +90,101 @@ class Pod:
         # Callback tuples, built once: each is scheduled for every request.
         self.worked = (self._worked,) if error is not None else (self._next_step,)
         self.arrive_cb = (self.arrive,)
+        #: The pod's own sidecar's connection pool towards the app, when it can limit
+        #: (:class:`~meshsim.policies.connection_pool.ConnectionPool` with one host).
+        self.inbound: ConnectionPool | None = None
 
     # -- arrival and the worker pool ----------------------------------------------------------
 
     def arrive(self, a: Attempt) -> None:
         """The request ``a`` reaches this pod (the engine schedules :attr:`arrive_cb`)."""
-        a.t_arrive = self.engine.env._now
+        now = a.t_arrive = self.engine.env._now
+        if self.inbound is not None:
+            a.inbound_conn = -1
+            if getattr(a, "abandoned", 0):
+                self._admit(a)
+                return
+            # Through the pod's own sidecar first. (A request whose caller has already reset
+            # it, above, is passed on: the reset follows the request on the same connection,
+            # so the app gets it and the sidecar frees its slot at once.)
+            self._through_inbound(a, now)
+            return
+        self._admit(a)
+
+    def _admit(self, a: Attempt) -> None:
+        """``a`` reaches the app: a free worker, a place in the queue, or 503 at once."""
         if self.busy < self.workers:
             self._start(a)
         elif len(self.queue) < self.qcap:
             self.queue.append(a)
         else:
             # The app's own bounded queue is full: it answers 503 without doing any work.
+            if self.inbound is not None:
+                self._release_inbound(a)
             self.engine.reply(a, 503)
+
+    # -- the pod's own (inbound) sidecar --------------------------------------------------------
+
+    def _through_inbound(self, a: Attempt, now: float) -> None:
+        """The inbound sidecar's connection pool towards the app (one host: the app).
+
+        istiod gives the inbound cluster the circuit breakers of the service's own
+        ``DestinationRule`` (or of ``Sidecar.inboundConnectionPool``); a request over them is
+        answered 503 by the sidecar (flag ``UO`` in *its* log; the caller's proxy sees a plain
+        upstream 503) and never reaches the app.
+        """
+        inbound = self.inbound
+        verdict = inbound.request(now, 0, a)
+        if verdict == ATTACHED:
+            a.inbound_conn = inbound.attached_conn
+            self._admit(a)
+            return
+        if verdict == OVERFLOW:
+            self.engine.reply(a, 503)
+            return
+        self._drain_inbound(now)
+
+    def _drain_inbound(self, now: float) -> None:
+        # Connections from the sidecar to the app (on localhost) are set up at once.
+        inbound = self.inbound
+        while inbound.to_connect or inbound.overflowed:
+            connects = list(inbound.to_connect)
+            inbound.to_connect.clear()
+            for host, conn in connects:
+                for b in inbound.connected(now, host, conn):
+                    b.inbound_conn = conn
+                    self._admit(b)
+            refused = list(inbound.overflowed)
+            inbound.overflowed.clear()
+            for b in refused:
+                self.engine.reply(b, 503)
+
+    def _release_inbound(self, a: Attempt) -> None:
+        """``a`` no longer holds a stream of the inbound pool; let waiting requests in."""
+        conn = a.inbound_conn
+        if conn < 0:
+            return
+        a.inbound_conn = -1
+        now = self.engine.env._now
+        for b in self.inbound.done(now, 0, conn):
+            b.inbound_conn = conn
+            self._admit(b)
+        self._drain_inbound(now)
+
+    def cancel(self, a: Attempt) -> bool:
+        """The caller has reset ``a`` (timeout). Returns True if ``a`` never reaches the app.
+
+        The sidecar cancels a request still waiting in its pool, and frees the stream of one
+        the app has (the app is not told and goes on working: the reset closes its connection,
+        which a typical server notices only when it writes the answer). Simplification: the
+        reset reaches the pod at once, not one network latency later.
+        """
+        if self.inbound is None:
+            return False
+        if a.inbound_conn >= 0:
+            self._release_inbound(a)
+            return False
+        return self.inbound.cancel_pending(self.engine.env._now, 0, a)
 
     def _start(self, a: Attempt) -> None:
         self.busy += 1
@@ -159,6 +245,8 @@ class Pod:
         self.busy -= 1
         if self.queue:
             self._start(self.queue.popleft())
+        if self.inbound is not None:
+            self._release_inbound(a)
         # Engine.reply, written out: this runs for every request a pod works on.
         eng = self.engine
         now = a.t_reply = eng.env._now
@@ -171,7 +259,8 @@ class Pod:
 class GatewayPod:
     """An ingress or egress gateway pod: an Envoy that forwards without a worker limit."""
 
-    __slots__ = ("arrive_cb", "code", "engine", "name", "passes_flags", "routes", "service")
+    __slots__ = ("arrive_cb", "code", "engine", "inbound", "name", "passes_flags", "routes",
+                 "service")
 
     def __init__(self, engine: Engine, name: str, passes_flags: bool = False):
         self.engine = engine
@@ -183,6 +272,7 @@ class GatewayPod:
         # which see a plain upstream response and log their own flags.
         self.passes_flags = passes_flags
         self.arrive_cb = (self.arrive,)
+        self.inbound = None  # a gateway is itself the proxy: no sidecar in front of it
 
     def arrive(self, a: Attempt) -> None:
         a.t_arrive = a.t_begin = self.engine.env._now

@@ -82,11 +82,16 @@ def events(result: meshsim.Result, kind: str) -> pd.DataFrame:
 SLOW_B = {"workers": 10_000, "latency": "1s"}
 
 
-def limited(a_replicas: int, b_replicas: int, pool: dict) -> meshsim.Scenario:
+def limited(a_replicas: int, b_replicas: int, pool: dict, inbound: dict | None = None,
+            ) -> meshsim.Scenario:
+    """``a`` calls ``b`` under a DestinationRule with ``pool``. istiod applies that pool to b's
+    own (inbound) sidecars too; ``inbound`` replaces it there (``Sidecar.inboundConnectionPool``;
+    ``{}`` is Istio's unlimited default), which isolates the callers' limits."""
+    mesh = {"istioDefaults": True, "destinationRules": {"b": rule(connectionPool=pool)}}
+    if inbound is not None:
+        mesh["sidecars"] = {"b": {"inboundConnectionPool": inbound}}
     return a_calls_b({**SLOW_B, "replicas": b_replicas}, [poisson("a", "300/s")],
-                     a_replicas=a_replicas,
-                     mesh={"istioDefaults": True,
-                           "destinationRules": {"b": rule(connectionPool=pool)}})
+                     a_replicas=a_replicas, mesh=mesh)
 
 
 MAX_REQUESTS = {"http": {"http2MaxRequests": 10}}
@@ -99,10 +104,74 @@ CONNECTIONS = {"tcp": {"maxConnections": 4}, "http": {"http1MaxPendingRequests":
 def test_limit_scales_with_client_pods_not_server_pods(pool, per_proxy):
     # §1.2: limits are per cluster per Envoy process, "fully distributed": N caller sidecars let
     # N × the limit through, however many pods the callee has.
-    peaks = {(na, nb): busy_at_callee(to(meshsim.run(limited(na, nb, pool), seed=1), "b"))
+    # (b's own sidecars are left unlimited here, to see the callers' limits alone.)
+    peaks = {(na, nb): busy_at_callee(to(meshsim.run(limited(na, nb, pool, {}), seed=1), "b"))
              for na, nb in [(1, 1), (1, 3), (2, 1), (2, 3), (3, 1)]}
     assert peaks == {(1, 1): per_proxy, (1, 3): per_proxy, (2, 1): 2 * per_proxy,
                      (2, 3): 2 * per_proxy, (3, 1): 3 * per_proxy}
+
+
+@pytest.mark.parametrize(("pool", "per_proxy"), [(MAX_REQUESTS, 10), (CONNECTIONS, 4)],
+                         ids=["http2MaxRequests", "maxConnections"])
+def test_the_same_rule_also_limits_each_server_pods_own_sidecar(pool, per_proxy):
+    # istiod builds the inbound cluster of every pod of b with the connectionPool of b's own
+    # DestinationRule (cluster_builder.go; TestInboundConnectionPoolForPort): each pod of b
+    # admits at most the limit, whatever its callers allow. So the app sees
+    # min(callers × limit, pods × limit).
+    peaks = {(na, nb): busy_at_callee(to(meshsim.run(limited(na, nb, pool), seed=1), "b"))
+             for na, nb in [(1, 1), (2, 1), (3, 1), (2, 3), (3, 2)]}
+    assert peaks == {(1, 1): per_proxy, (2, 1): per_proxy, (3, 1): per_proxy,
+                     (2, 3): 2 * per_proxy, (3, 2): 2 * per_proxy}
+
+
+def test_a_request_refused_by_the_servers_sidecar_is_a_plain_503_to_the_caller():
+    r = meshsim.run(limited(3, 1, MAX_REQUESTS), seed=1)
+    b = to(r, "b")
+    # The server's sidecar answers 503 at once (UO in its own log); the caller's proxy saw an
+    # upstream 503, so its row has no flag. The request reached the pod, never its app.
+    refused = b[b["t_arrive"].notna() & b["t_begin"].isna() & b["t_end"].notna()]
+    assert len(refused) > 1000
+    assert set(refused["status"]) == {503} and set(refused["flags"]) == {"-"}
+    assert (refused["t_reply"] == refused["t_arrive"]).all()
+    # Its counters are the pod's own, under the "inbound" cluster; the callers' proxies never
+    # overflow (3 × 10 allowed, at most 10 in flight to b-0 at a time).
+    st = r.stats
+    inbound = st[(st["proxy"] == "b-0") & (st["cluster"] == "inbound")].set_index("stat")["value"]
+    overflows = inbound["upstream_rq_active_overflow"] + inbound["upstream_rq_pending_overflow"]
+    assert overflows == len(refused)
+    assert stat(r, "upstream_rq_active_overflow") == stat(r, "upstream_rq_pending_overflow") == 0
+    assert (r.events.query("destination == 'inbound'")["kind"] == "pool_saturated").any()
+
+
+def test_a_caller_giving_up_cancels_its_request_in_the_servers_sidecar_not_in_the_app():
+    # b's pod admits one request at a time (its own sidecar: maxConnections 1, HTTP/1.1) and
+    # takes 0.2 s. Clients without a sidecar (no timeout) send it 10/s directly, a's sidecar
+    # 10/s more and gives up after 0.3 s: the queue in b's sidecar grows. A request of a still
+    # waiting there is cancelled and never reaches the app. One the app already has keeps the
+    # app busy to the end, but its place in the sidecar is freed at the reset, so the app works
+    # on more requests at once than the limit allows.
+    workload = [poisson("a", "10/s"), poisson("b", "10/s", client="direct")]
+    sc = a_calls_b({"workers": 100, "latency": "0.2s"}, workload, duration="20s",
+                   mesh={"istioDefaults": True,
+                         "sidecars": {"b": {"inboundConnectionPool": {
+                             "tcp": {"maxConnections": 1}}}},
+                         "virtualServices": {"b": route(timeout="0.3s")}})
+    r = meshsim.run(sc, seed=1)
+    assert_conserved(r)
+    b = to(r, "b")
+    answered = b[b["t_end"].notna() & (b["source"] == "a")]
+    cancelled = answered[answered["t_arrive"].notna() & answered["t_begin"].isna()]
+    assert len(cancelled) > 100
+    assert set(cancelled["status"]) == {504} and set(cancelled["flags"]) == {"UT"}
+    # They end when their caller gives up, and no answer ever comes.
+    assert np.allclose(cancelled["t_end"] - cancelled["t_start"], 0.3)
+    assert cancelled["t_reply"].isna().all()
+    st = r.stats.query("cluster == 'inbound'").set_index("stat")["value"]
+    assert st["upstream_rq_cancelled"] == len(cancelled)
+    # Abandoned in the app: 504 to the caller, the app's answer comes later and is wasted.
+    wasted = answered[answered["t_begin"].notna() & (answered["status"] == 504)]
+    assert len(wasted) > 0 and (wasted["t_reply"] > wasted["t_end"]).all()
+    assert busy_at_callee(b) >= 2
 
 
 def test_max_requests_overflow_is_503_uo_at_the_caller():
@@ -128,7 +197,7 @@ def test_max_requests_overflow_is_503_uo_at_the_caller():
 
 
 def test_pending_overflow_when_connections_and_queue_are_full():
-    r = meshsim.run(limited(2, 1, CONNECTIONS), seed=1)
+    r = meshsim.run(limited(2, 1, CONNECTIONS, {}), seed=1)
     b = to(r, "b")
     uo = b[b["flags"] == "UO"]
     assert len(uo) > 1000
