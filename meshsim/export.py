@@ -12,7 +12,8 @@ them, ``250ms``, ``10s``), so reading a manifest's ``trafficPolicy`` or ``http[]
 scenario gives the same block. What the export assumes about the cluster:
 
 - services are Kubernetes Services of the same name in ``namespace``, port 80;
-  ``spec.host`` is ``<name>.<namespace>.svc.cluster.local``;
+  ``spec.host`` is ``<name>.<namespace>.svc.cluster.local``; their pods carry the label
+  ``app: <name>``, which a ``Sidecar`` (``mesh.sidecars``) selects them by;
 - an external service's name is its DNS host name, reached over TLS on port 443 (``ServiceEntry``
   port ``https``, ``MESH_EXTERNAL``, ``resolution: DNS``). The proxies then see TLS, not HTTP, for
   that traffic: its ``http`` routes (timeouts, retries) and HTTP-level pool limits are carried for
@@ -51,7 +52,7 @@ from ._base import Model
 from .errors import Issue, ScenarioError
 from .istio import DestinationRule, VirtualService
 from .output import atomic_dir
-from .scenario import Scenario
+from .scenario import Scenario, SidecarResource
 from .units import parse_duration
 
 __all__ = [
@@ -74,6 +75,7 @@ KIND_FILES = {
     "ServiceEntry": "serviceentries.yaml",
     "DestinationRule": "destinationrules.yaml",
     "VirtualService": "virtualservices.yaml",
+    "Sidecar": "sidecars.yaml",
 }
 #: The file an export directory always holds; it marks the directory as meshsim's.
 README = "README.txt"
@@ -222,9 +224,18 @@ class _Exporter:
                 source = (f"mesh.egressGateway.virtualServices.{host}"
                           if host in egress.virtual_services else "mesh.egressGateway")
                 self._gateway_route("egress", host, source)
+        for name, sidecar in mesh.sidecars.items():
+            self._sidecar(name, sidecar)
         return [m for kind in KIND_FILES for m in self.out[kind]]
 
     # ---- resources ----------------------------------------------------------------------------
+
+    def _sidecar(self, service: str, sidecar: SidecarResource) -> None:
+        if sidecar.inbound_connection_pool is None:
+            return
+        spec = {"workloadSelector": {"labels": {"app": service}},
+                "inboundConnectionPool": istio_block(sidecar.inbound_connection_pool)}
+        self._add("Sidecar", service, self.ns, f"mesh.sidecars.{service}", spec)
 
     def _service_entry(self, host: str) -> None:
         spec = {

@@ -33,6 +33,7 @@ MODELS = {
     "VirtualService": istio.VirtualService,
     "ServiceEntry": istio.ServiceEntry,
     "Gateway": istio.Gateway,
+    "Sidecar": istio.Sidecar,
 }
 #: Fields of Istio's API newer than the models on PyPI (cloudcoil-models-istio 1.24): meshsim
 #: simulates them, the export writes them, the round trip drops them. Any other dropped key fails.
@@ -108,6 +109,9 @@ mesh:
         - {timeout: 1s}
     db: {http: [{retries: {attempts: 2, retryIgnorePreviousHosts: false, backoff: 10ms}}]}
     api.payments.example: {http: [{timeout: 5s, retries: {attempts: 0}}]}
+  sidecars:
+    api: {inboundConnectionPool: {tcp: {maxConnections: 40}, http: {http1MaxPendingRequests: 10}}}
+    db: {}
 """
 
 
@@ -335,6 +339,16 @@ def test_egress_pattern():
         "host": "api.payments.example", "port": {"number": 443}}}], "timeout": "2s"}]
 
 
+def test_sidecar_carries_the_pods_own_inbound_limits():
+    sidecars = [m for m in istio_manifests(policies()) if m["kind"] == "Sidecar"]
+    # db's Sidecar sets nothing, so nothing is written for it.
+    assert [(m["metadata"]["name"], m["spec"]) for m in sidecars] == [("api", {
+        "workloadSelector": {"labels": {"app": "api"}},
+        "inboundConnectionPool": {"tcp": {"maxConnections": 40},
+                                  "http": {"http1MaxPendingRequests": 10}}})]
+    assert sidecars[0]["metadata"]["annotations"][export.SOURCE_ANNOTATION] == "mesh.sidecars.api"
+
+
 def test_no_egress_gateway_no_egress_routes():
     kinds = [(m["kind"], m["metadata"]["name"])
              for m in istio_manifests(load_scenario(ROOT / "tests/cases/valid/external.yaml"))]
@@ -465,7 +479,7 @@ def test_export_writes_one_file_per_kind(capsys, tmp_path):
         "virtualservices.yaml"]
     docs = [d for f in sorted(out_dir.glob("*.yaml"))
             for d in yaml.safe_load_all(f.read_text())]
-    assert {d["kind"] for d in docs} == set(export.KIND_FILES)
+    assert {d["kind"] for d in docs} == set(export.KIND_FILES) - {"Sidecar"}  # shop has none
     kinds = {f.name: {d["kind"] for d in yaml.safe_load_all(f.read_text())}
              for f in out_dir.glob("*.yaml")}
     assert all({export.KIND_FILES[k] for k in v} == {name} for name, v in kinds.items())
