@@ -373,9 +373,9 @@ class Hystrix(BreakerBase):
     CLOSED: every ``health_snapshot_interval`` (at k·interval s) the breaker reads the health
     counts of the last ``rolling_stats_time`` s; if they hold at least
     ``request_volume_threshold`` requests and the integer error percentage
-    (``HealthCounts``: ``(int)(errors * 100 / total)``) is >= ``error_threshold_percentage``,
-    it opens. So a breaker trips at the next snapshot, never inline on a result; a snapshot due
-    at the same instant as an input is taken before it.
+    (``HealthCounts``: ``(int) ((double) errors / total * 100)``, in floating point) is
+    >= ``error_threshold_percentage``, it opens. So a breaker trips at the next snapshot, never
+    inline on a result; a snapshot due at the same instant as an input is taken before it.
 
     OPEN: ``allowRequest`` rejects until strictly more than ``sleep_window`` has passed
     (``isAfterSleepWindow``); the first call after that is the single trial and the breaker
@@ -436,9 +436,12 @@ class Hystrix(BreakerBase):
                     break
                 total += 1
                 errors += failure
+            # HealthCounts computes (int) ((double) errorCount / totalCount * 100): the double
+            # division rounds 29/50 to 57, where exact integer arithmetic gives 58.
+            percent = int(errors / total * 100) if total else 0
             if (total >= self.config.request_volume_threshold and total > 0
-                    and errors * 100 // total >= self.config.error_threshold_percentage):
-                self._transition(tick, OPEN, f"error_percentage={errors * 100 // total}")
+                    and percent >= self.config.error_threshold_percentage):
+                self._transition(tick, OPEN, f"error_percentage={percent}")
                 self._opened_at = tick
             k += 1
         self._next_tick = max(k, last + 1)

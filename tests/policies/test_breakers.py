@@ -365,3 +365,17 @@ def test_breaker_never_admits_while_open_except_half_open_probes(family, ops):
     for t, kind, host, _ in b.events:
         assert kind in NEXT[previous] and t >= last_t - 1e-9 and host == -1
         previous, last_t = kind, t
+
+
+def test_hystrix_error_percentage_is_computed_in_floating_point_as_hystrix_does():
+    # HystrixCommandMetrics.HealthCounts: (int) ((double) errorCount / totalCount * 100). For 29
+    # errors of 50 that is 57, not the exact 58: at a threshold of 58 the breaker stays closed.
+    def run(errors: int) -> str:
+        b = Hystrix(HystrixConfig(request_volume_threshold=50, error_threshold_percentage=58))
+        for i in range(50):
+            b.on_result(i * 0.01, failure=i < errors, duration=0.001)
+        b.allow(0.9)
+        return b.state
+
+    assert run(29) == "closed"
+    assert run(30) == "open"
