@@ -426,11 +426,15 @@ class Engine:
                 panic = min_health  # istiod writes minHealthPercent (default 0: panic off)
             outlier = OutlierDetector(len(cl.hosts), cfg,
                                       self.streams.uniform(f"outlier:{stream}"))
+        connect = self.scenario.mesh.sidecar.connect_time
+        connect_time = None if isinstance(connect, Constant) and connect.value == 0 \
+            else self._sampler(f"connect:{stream}", connect)
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
-                        or _retry_can_act(retry))
+                        or _retry_can_act(retry) or connect_time is not None)
         if not needs_router:
             return
         cl.policy_path = True
+        cl.connect_time = connect_time
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry

@@ -209,6 +209,8 @@ class Router:
         self.env = engine.env
         self._backoff_cb = (self._backoff_done,)
         self._connected_cb = (self._connected,)
+        self._connect_timeout_cb = (self._connect_timeout,)
+        self._connect_failure = Outcome.connect_failure()
         #: Callback tuple for the response leg of the router's attempts (``Engine.later``).
         self.respond_cb = (self._respond,)
         self._tick_cb = (self._outlier_tick,)
@@ -364,13 +366,22 @@ class Router:
     def _drain_connects(self, cl: Cluster) -> None:
         pool = cl.pool
         if pool.to_connect:
+            connect = cl.connect_time
             for host, conn in pool.to_connect:
-                # Connections are set up instantly: the lean path (clusters without policies)
-                # assumes warm pools too, and switching a policy on must not shift latencies
-                # through a side effect. The connect's round trip (and mTLS handshake) is a few
-                # tenths of a millisecond in a cluster; it becomes a setting with the security
-                # costs.
-                self.engine.later(0.0, self._connected_cb, (cl, host, conn))
+                item = (cl, host, conn)
+                if connect is None:
+                    # Set up at once (``mesh.sidecar.connectTime`` 0, the default): pools behave
+                    # as if warm, like the lean path of clusters without policies.
+                    self.engine.later(0.0, self._connected_cb, item)
+                    continue
+                # The TCP (and mTLS) handshakes take a connect time; one that would take
+                # connect_timeout or longer fails then (Envoy's connect timer), 503 UF.
+                took = connect()
+                timeout = pool.config.connect_timeout
+                if took < timeout:
+                    self.engine.later(took, self._connected_cb, item)
+                else:
+                    self.engine.later(timeout, self._connect_timeout_cb, item)
             pool.to_connect.clear()
         if pool.overflowed:
             refused = list(pool.overflowed)
@@ -383,6 +394,23 @@ class Router:
         cl, host, conn = ev._value
         for a in cl.pool.connected(self.env._now, host, conn):
             self._attach(a, conn)
+        self._drain_connects(cl)
+
+    def _connect_timeout(self, ev: Any) -> None:
+        """A connection's connect timer fired: every request waiting for that host fails."""
+        cl, host, conn = ev._value
+        now = self.env._now
+        failed = cl.pool.connect_failed(now, host, conn, timed_out=True)
+        for a in failed:
+            # Envoy's purgePendingStreams: each waiting request fails with a connect failure, a
+            # local-origin 503 for outlier detection, which the retry policy may retry
+            # (connect-failure: Istio's default policy retries it).
+            cl.active[host] -= 1
+            if cl.outlier is not None:
+                cl.outlier.on_result(now, host, 503, local_origin=True)
+            a.status = 503
+            a.flags = self.engine.flag_code("UF")
+            self._decide(a.call, a, self._connect_failure, now)
         self._drain_connects(cl)
 
     # ---- outcomes -----------------------------------------------------------------------------

@@ -49,7 +49,8 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
+        "active", "avail", "back_delay", "code", "connect_time", "dest", "events", "hosts",
+        "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
         "route_timeout", "route_timers", "seen", "send", "stats", "try_timers",
@@ -89,6 +90,8 @@ class Cluster:
         #: ``send(parent, cluster, optional, route_to)``: the engine's lean path or the router.
         self.send: Callable[..., None] | None = None
         self.route_timers: Any = None
+        #: ``connect_time() -> float`` seconds to open a connection, or None for at once.
+        self.connect_time: Callable[[], float] | None = None
         #: The retry policy's timeouts (seconds, None when off), read for every call.
         self.route_timeout: float | None = None
         self.per_try_timeout: float | None = None

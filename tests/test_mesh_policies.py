@@ -378,6 +378,51 @@ def test_retry_on_5xx_makes_three_attempts_and_flags_the_last_urx():
     assert stat(r, "upstream_rq_retry_limit_exceeded") == len(calls)
 
 
+# ---- 4b. connections take time; a connect timeout is 503 UF, which Istio retries -------------
+
+
+def connecting(connect: str, *, mesh: dict | None = None, **b: object) -> meshsim.Scenario:
+    """One closed-loop user; a calls b (1 pod, 10 ms) over connections that take ``connect``."""
+    return a_calls_b({"latency": "10ms", **b}, [closed("a", think="0.5s")], duration="5s",
+                     mesh={"istioDefaults": True,
+                           "sidecar": {"connectTime": connect, "hopOverhead": "0ms"},
+                           **(mesh or {})})
+
+
+def test_only_a_new_connection_pays_the_connect_time():
+    r = meshsim.run(connecting("5ms"), seed=1)
+    b = to(r, "b").sort_values("t_start")
+    waited = (b["t_arrive"] - b["t_start"]).round(9).tolist()
+    took = (b["t_end"] - b["t_start"]).round(9).tolist()
+    # The first request opens the connection (HTTP/1.1, kept alive), the others reuse it.
+    assert len(b) >= 9
+    assert waited == [0.005] + [0.0] * (len(b) - 1)
+    assert took == [0.015] + [0.010] * (len(b) - 1)
+    assert stat(r, "upstream_cx_total") == 1 and set(b["status"]) == {200}
+
+
+def test_a_connect_timeout_is_503_uf_and_istios_default_policy_retries_it_twice():
+    # Connections take 2 s, connectTimeout is 1 s: every connection fails at 1 s. Istio's
+    # default retry policy (2 retries on connect-failure, §0.8) tries three times; the last
+    # try is flagged URX,UF (§10). Each try waits 1 s for its connection, plus the back-off.
+    sc = connecting("2s", mesh={"destinationRules": {"b": rule(connectionPool={
+        "tcp": {"connectTimeout": "1s"}})}})
+    r = meshsim.run(sc, seed=1)
+    b = to(r, "b").sort_values(["parent_span_id", "attempt"])
+    calls = [call for _, call in b.groupby("parent_span_id") if call["t_end"].notna().all()]
+    assert len(calls) >= 1
+    for call in calls:
+        assert call["attempt"].tolist() == [1, 2, 3]
+        assert call["flags"].tolist() == ["UF", "UF", "URX,UF"]
+        assert set(call["status"]) == {503} and call["t_arrive"].isna().all()
+        assert np.allclose(call["t_end"] - call["t_start"], 1.0)
+    # Every connection timed out, but one still being opened when the run ends.
+    opened, timed_out = stat(r, "upstream_cx_total"), stat(r, "upstream_cx_connect_timeout")
+    assert timed_out >= 3 and opened - timed_out in (0, 1)
+    assert stat(r, "upstream_cx_connect_fail") == timed_out
+    assert stat(r, "upstream_rq_retry") == 2 * len(calls)
+
+
 # ---- 5. retries multiply down a chain -----------------------------------------------------------
 
 
