@@ -232,6 +232,13 @@ def format_summary(result: Result, wall: float | None = None) -> str:
     in_flight = table.loc["end-to-end", "in_flight_at_end"]
     lines.append("")
     lines.append(f"end-user requests still in flight at the end: {int(in_flight)}")
+    callees = table.drop(index=[i for i in table.index
+                                if i == "end-to-end" or str(i).startswith("client:")])
+    wasted = callees[callees["abandoned"] > 0] if "abandoned" in callees else callees.iloc[:0]
+    if len(wasted):
+        lines.append("work for callers that had given up (after warm-up): " + ", ".join(
+            f"{scope} {int(row['abandoned'])} requests, {row['wasted_work']:.1f} worker-s"
+            for scope, row in wasted.iterrows()))
     flags = flag_counts(result)
     if flags:
         lines.append("Envoy response flags (attempts after warm-up): "

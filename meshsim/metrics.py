@@ -153,6 +153,24 @@ def _scope_row(scope: str, rows: pd.DataFrame, window: float) -> dict[str, Any]:
     }
 
 
+def _wasted(rows: pd.DataFrame, end_time: float) -> tuple[int, float]:
+    """(attempts abandoned at the callee, worker-seconds spent on them after the give-up).
+
+    An abandoned attempt's row ends (``t_end``) when the caller gave up, before the callee's
+    answer (``t_reply``, NaN if the callee was still on it when the run ended); its work is
+    ``[t_begin, t_reply)``, of which the part after ``t_end`` was wasted.
+    """
+    t_end = rows["t_end"].to_numpy()
+    reply = rows["t_reply"].to_numpy()
+    begin = rows["t_begin"].to_numpy()
+    reached = ~np.isnan(rows["t_arrive"].to_numpy())
+    until = np.where(np.isnan(reply), end_time, reply)
+    abandoned = reached & ~np.isnan(t_end) & (until > t_end)
+    worked = abandoned & ~np.isnan(begin)
+    wasted = until[worked] - np.maximum(begin[worked], t_end[worked])
+    return int(abandoned.sum()), float(np.clip(wasted, 0.0, None).sum())
+
+
 def summary(
     requests: pd.DataFrame,
     in_flight: pd.DataFrame,
@@ -172,9 +190,13 @@ def summary(
         ``throughput`` and ``goodput`` (answers and successes per second of the measured
         window), ``latency_mean``, ``latency_p50``, ``latency_p90``, ``latency_p99``,
         ``latency_max`` (seconds), ``queue_wait_mean`` (seconds a request waited for a worker,
-        at the callee), ``utilisation`` (time-average share of the callee's workers held, over
-        all its pods; for callees named in ``workers``, which maps a callee to its total worker
-        count), and for the ``end-to-end`` row ``in_flight_at_end``.
+        at the callee), ``abandoned`` (attempts whose caller gave up, a timeout, while the
+        callee had them), ``wasted_work`` (worker-seconds the callee spent on requests after
+        their caller had given up: from the give-up, or from the start of the work if later, to
+        the callee's answer or the end of the run), ``utilisation`` (time-average share of the
+        callee's workers held, over all its pods; for callees named in ``workers``, which maps
+        a callee to its total worker count), and for the ``end-to-end`` row
+        ``in_flight_at_end``.
     """
     warmup = meta["warmup"]
     window = max(meta["end_time"] - warmup, 1e-12)
@@ -194,6 +216,7 @@ def summary(
         wait = (sel["t_begin"] - sel["t_arrive"]).to_numpy()
         wait = wait[~np.isnan(wait)]
         row["queue_wait_mean"] = wait.mean() if len(wait) else np.nan
+        row["abandoned"], row["wasted_work"] = _wasted(sel, meta["end_time"])
         row["utilisation"] = np.nan
         if workers and dest in workers:
             alive = both[both["destination"] == dest]

@@ -695,3 +695,24 @@ def test_run_names_the_envoy_flags_it_saw(capsys):
     assert len(flags_line) == 1 and " UO " in flags_line[0] + " "
     code, out, _ = cli_run(capsys, "run", MINIMAL, *SHORT)
     assert code == 0 and "Envoy response flags" not in out  # nothing flagged, nothing said
+
+
+def test_run_reports_work_done_for_callers_that_had_given_up(capsys, tmp_path):
+    path = tmp_path / "giving-up.yaml"
+    path.write_text(
+        "duration: 10s\n"
+        "services:\n"
+        "  a: {latency: 0ms, calls: [{to: b}]}\n"
+        "  b: {latency: 1s, workers: 100}\n"
+        "workload:\n"
+        "  - {client: u, entry: a, viaIngress: false,\n"
+        "     arrival: {kind: closed, users: 1, thinkTime: 2s}}\n"
+        "network: {latency: 0ms}\n"
+        "mesh:\n"
+        "  sidecar: {hopOverhead: 0ms}\n"
+        "  virtualServices: {b: {http: [{timeout: 0.25s}]}}\n")
+    code, out, err = cli_run(capsys, "run", path)
+    assert (code, err) == (0, "")
+    # The user thinks first: requests start at 2, 4.25, 6.5 and 8.75 s, and b works 0.75 s on
+    # each after a gave up at 0.25 s.
+    assert "work for callers that had given up (after warm-up): b 4 requests, 3.0 worker-s" in out

@@ -524,6 +524,23 @@ def test_abandoned_attempts_do_not_put_answered_requests_back_in_flight():
     assert_conserved(r)
 
 
+def test_work_after_the_caller_gave_up_is_counted_as_wasted():
+    # b takes 1 s, a gives up after 0.3 s: b goes on for 0.7 s on every request (§4: a caller
+    # giving up does not stop the callee).
+    sc = a_calls_b({"latency": "1s", "workers": 100}, [closed("a", think="2s")], duration="30s",
+                   mesh={"istioDefaults": True,
+                         "virtualServices": {"b": route(timeout="0.3s")}})
+    r = meshsim.run(sc, seed=1)
+    b = r.summary().loc["b"]
+    answered = to(r, "b")
+    n = int(answered["t_end"].notna().sum())
+    assert n >= 9 and b["abandoned"] == n
+    done = answered["t_reply"].notna()
+    expected = 0.7 * done.sum() + (r.meta["end_time"] - answered.loc[~done, "t_end"]).sum()
+    assert b["wasted_work"] == pytest.approx(expected)
+    assert r.summary().loc["a", "abandoned"] == 0
+
+
 # ---- 7. a pool of c connections with a queue is M/M/c/K -----------------------------------------
 
 
