@@ -25,6 +25,7 @@ import numpy as np
 import simpy
 
 from . import rng as rng_mod
+from .app_breakers import build_breaker
 from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
@@ -369,7 +370,7 @@ class Engine:
         cl.respond_cb = self.respond_cb
         cl.send = self._send_lean
         if not source.startswith("client"):
-            self._policies(cl, f"{proxy}->{key}", dest, gateway)
+            self._policies(cl, f"{proxy}->{key}", dest, gateway, self._breaker_spec(source, dest))
         self.clusters.append(cl)
         return cl
 
@@ -392,7 +393,17 @@ class Engine:
             return None
         return ConnectionPool(1, cfg)
 
-    def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None) -> None:
+    def _breaker_spec(self, source: str, dest: str) -> Any:
+        """The app-level breaker the caller ``source`` (a service or gateway) puts in front of
+        its calls to ``dest``, or None."""
+        sc = self.scenario
+        if source in sc.services:
+            return sc.services[source].breakers.get(dest)
+        gw = sc.mesh.ingress_gateway if source == "ingress" else sc.mesh.egress_gateway
+        return gw.breakers.get(dest) if gw is not None else None
+
+    def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None,
+                  breaker: Any = None) -> None:
         """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.
 
         The Istio blocks are translated as istiod translates them (``from_istio`` of each
@@ -430,11 +441,15 @@ class Engine:
         connect_time = None if isinstance(connect, Constant) and connect.value == 0 \
             else self._sampler(f"connect:{stream}", connect)
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
-                        or _retry_can_act(retry) or connect_time is not None)
+                        or _retry_can_act(retry) or connect_time is not None
+                        or breaker is not None)
         if not needs_router:
             return
         cl.policy_path = True
         cl.connect_time = connect_time
+        if breaker is not None:
+            cl.breaker, cl.classifier = build_breaker(breaker)
+            cl.when_open = breaker.when_open
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry

@@ -25,6 +25,7 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
+from .app_breakers import FLAG_FALLBACK, FLAG_OPEN
 from .attempt import Attempt
 from .policies.connection_pool import ATTACHED, OVERFLOW
 from .policies.retry import Outcome, RetryState
@@ -210,6 +211,7 @@ class Router:
         self._backoff_cb = (self._backoff_done,)
         self._connected_cb = (self._connected,)
         self._connect_timeout_cb = (self._connect_timeout,)
+        self._fallback_cb = (self._fallback_done,)
         self._connect_failure = Outcome.connect_failure()
         #: Callback tuple for the response leg of the router's attempts (``Engine.later``).
         self.respond_cb = (self._respond,)
@@ -249,6 +251,9 @@ class Router:
         """
         now = self.env._now
         cl = cluster
+        if cl.breaker is not None and not cl.breaker.allow(now):
+            self._refuse(parent, cl, optional, route_to, now)
+            return
         call = Call(parent, cl, optional, route_to, now)
         deadline = call.deadline
         if deadline is not None and not cl.route_timers.lazy:
@@ -456,6 +461,8 @@ class Router:
             ))
             call.done = True
             call.current = None
+            if cl.breaker is not None:
+                self._report(call, status, "-", now)
             parent.host.child_done(parent, status, 0, call.optional)
             return
         self._decide(call, a, self._outcome(status), now)
@@ -600,9 +607,49 @@ class Router:
     def _finish(self, call: Call, status: int, flags: str) -> None:
         call.done = True
         call.current = None
+        if call.cluster.breaker is not None:
+            self._report(call, status, flags, self.env._now)
         parent = call.parent
         code = 0 if flags == "-" else self.engine.flag_code(flags)
         parent.host.child_done(parent, status, code, call.optional)
+
+    # ---- the caller app's circuit breaker ---------------------------------------------------
+
+    def _report(self, call: Call, status: int, flags: str, now: float) -> None:
+        """The app gets the call's outcome: its breaker records it (after the sidecar's retries,
+        as the client library sees it)."""
+        cl = call.cluster
+        duration = now - call.start
+        timed_out = "UT" in flags.split(",")
+        cl.breaker.on_result(now, cl.classifier.is_failure(status, timed_out, duration), duration)
+
+    def _refuse(self, parent: Attempt, cl: Cluster, optional: bool, route_to: str | None,
+                now: float) -> None:
+        """The caller's breaker refuses the call: it never leaves the app. The row has no host,
+        and flags ``breaker_open`` (failing fast) or ``fallback`` (answered by the fallback)."""
+        call = Call(parent, cl, optional, route_to, now)
+        a = self._attempt(call, None, now)
+        when = cl.when_open
+        if when.fallback is None:
+            a.status = when.status
+            a.flags = self.engine.flag_code(FLAG_OPEN)
+            self._record(a, now)
+            self._close(a)
+            return
+        a.status = when.fallback.status
+        a.flags = self.engine.flag_code(FLAG_FALLBACK)
+        self.engine.later(when.fallback.latency, self._fallback_cb, a)
+
+    def _fallback_done(self, ev: Any) -> None:
+        a = ev._value
+        self._record(a, self.env._now)
+        self._close(a)
+
+    def _close(self, a: Attempt) -> None:
+        call = a.call
+        call.done = True
+        parent = call.parent
+        parent.host.child_done(parent, a.status, a.flags, call.optional)
 
     def _record(self, a: Attempt, t_end: float) -> None:
         parent = a.parent

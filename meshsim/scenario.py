@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ._base import Model, kind_or
+from .app_breakers import BreakerSpec
 from .arrivals import (
     Arrival,
     Client,
@@ -213,6 +214,10 @@ class Service(Model):
     ``{parallel: [{to: a}, {to: b}]}``."""
     downstream_error_status: Annotated[int, Field(ge=400, le=599)] = 500
     """Status the app answers with when a required downstream call fails."""
+    breakers: dict[str, BreakerSpec] = Field(default_factory=dict)
+    """App-level circuit breakers in this service's code, by the destination they guard (one
+    per pod): ``{kind: resilience4j | hystrix | polly | consecutive | custom, ...}``; see
+    :mod:`meshsim.app_breakers`."""
 
 
 class ExternalService(Model):
@@ -245,6 +250,9 @@ class Gateway(Model):
 
     replicas: PositiveInt = 2
     """Gateway pods; clients spread evenly over them (as a cloud load balancer does)."""
+    breakers: dict[str, BreakerSpec] = Field(default_factory=dict)
+    """Circuit breakers in front of the hosts this gateway calls (one per gateway pod), as an
+    API gateway's breaker plug-in runs them; see :mod:`meshsim.app_breakers`."""
     destination_rules: dict[str, DestinationRule] = Field(default_factory=dict)
     """Rules that apply at this gateway only, replacing the mesh's rule for the same host (an
     Istio ``DestinationRule`` with a ``workloadSelector`` for the gateway)."""
@@ -613,6 +621,19 @@ def cross_check(sc: Scenario) -> list[Issue]:
             for host in hosts:
                 if host not in known:
                     issues.append(Issue((*where, field, host), _unknown(host, known, "host")))
+    for sname, svc in sc.services.items():
+        called = {c.to for step in svc.calls for c in ([step] if isinstance(step, Call)
+                                                        else step.parallel)}
+        for dest in svc.breakers:
+            if dest not in called:
+                issues.append(Issue(("services", sname, "breakers", dest),
+                                    _unknown(dest, called, f"destination of {sname}'s calls")))
+    for where, gw, targets in (("ingressGateway", sc.mesh.ingress_gateway, services),
+                               ("egressGateway", sc.mesh.egress_gateway, externals)):
+        for dest in (gw.breakers if gw is not None else {}):
+            if dest not in targets:
+                issues.append(Issue(("mesh", where, "breakers", dest),
+                                    _unknown(dest, targets, "host")))
     for name in sc.mesh.sidecars:
         if name not in services:
             issues.append(Issue(("mesh", "sidecars", name), _unknown(name, services, "service")))

@@ -49,11 +49,11 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "avail", "back_delay", "code", "connect_time", "dest", "events", "hosts",
-        "in_panic",
+        "active", "avail", "back_delay", "breaker", "classifier", "code", "connect_time",
+        "dest", "events", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
-        "route_timeout", "route_timers", "seen", "send", "stats", "try_timers",
+        "route_timeout", "route_timers", "seen", "send", "stats", "try_timers", "when_open",
     )
 
     def __init__(
@@ -90,6 +90,11 @@ class Cluster:
         #: ``send(parent, cluster, optional, route_to)``: the engine's lean path or the router.
         self.send: Callable[..., None] | None = None
         self.route_timers: Any = None
+        #: The caller app's circuit breaker for this destination (``meshsim.app_breakers``),
+        #: its outcome classifier and what a refused call gets; None when there is none.
+        self.breaker: Any = None
+        self.classifier: Any = None
+        self.when_open: Any = None
         #: ``connect_time() -> float`` seconds to open a connection, or None for at once.
         self.connect_time: Callable[[], float] | None = None
         #: The retry policy's timeouts (seconds, None when off), read for every call.

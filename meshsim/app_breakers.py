@@ -1,0 +1,360 @@
+"""App-level circuit breakers in scenarios: the ``breakers`` blocks and the plug-in API.
+
+A breaker lives in the caller's code, around its client for one dependency, so a scenario sets
+one per *calling service and destination* (``services.<caller>.breakers.<destination>``) or per
+gateway and destination (``mesh.ingressGateway.breakers.<service>``,
+``mesh.egressGateway.breakers.<external host>``). Every calling pod (or gateway pod) gets its own
+breaker, as every process of a real deployment has its own.
+
+The built-in kinds are the state machines of :mod:`meshsim.policies.breakers`, with their
+libraries' setting names in camelCase (``failureRateThreshold``, ``sleepWindow``, ``failMax``)
+and durations as ``10s`` or ``500ms``. ``kind: custom`` names any class that implements the
+:class:`~meshsim.policies.breakers.Breaker` protocol, by import path (``package.module:Class``)
+or by a name given to :func:`register_breaker`; its ``params`` are passed to the constructor as
+keyword arguments and checked when the scenario is loaded.
+
+The engine asks the breaker before the call leaves the app (:meth:`Breaker.allow`): a call it
+refuses never reaches the sidecar, and gets what ``whenOpen`` says (a status at once, or a
+fallback answer after its latency). A call it lets through reports its outcome when the app
+gets it (:meth:`Breaker.on_result`), after the sidecar's retries, as the client library sees it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, Tag, model_validator
+from pydantic.functional_validators import field_validator
+from pydantic.types import Discriminator
+
+from ._base import Model, kind_or
+from .policies.breakers import (
+    Breaker,
+    Consecutive,
+    ConsecutiveConfig,
+    Hystrix,
+    HystrixConfig,
+    OutcomeClassifier,
+    Polly,
+    PollyConfig,
+    Resilience4j,
+    Resilience4jConfig,
+)
+from .units import NonNegDuration, PosDuration
+
+__all__ = [
+    "FLAG_FALLBACK",
+    "FLAG_OPEN",
+    "BreakerSpec",
+    "WhenOpen",
+    "build_breaker",
+    "register_breaker",
+    "registered_breakers",
+]
+
+#: The ``flags`` of a call the caller's breaker refused; lower case, so that it is never taken
+#: for one of Envoy's response flags (which are upper case).
+FLAG_OPEN = "breaker_open"
+#: The ``flags`` of a refused call answered by the caller's fallback instead.
+FLAG_FALLBACK = "fallback"
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_breaker(name: str, cls: type) -> None:
+    """Make ``cls`` available to scenarios as ``{kind: custom, class: <name>}``.
+
+    Parameters
+    ----------
+    name : str
+        The name scenarios use; it must not contain ``:`` (that is for import paths).
+    cls : type
+        A class whose instances implement :class:`~meshsim.policies.breakers.Breaker`.
+    """
+    if ":" in name:
+        raise ValueError(f"a registered name may not contain ':' ({name!r})")
+    if not isinstance(cls, type):
+        raise TypeError(f"register a class, not {cls!r}")
+    _REGISTRY[name] = cls
+
+
+def registered_breakers() -> dict[str, type]:
+    """The classes registered with :func:`register_breaker`, by name."""
+    return dict(_REGISTRY)
+
+
+# ---- what happens to a refused call, and what counts as a failure ----------------------------
+
+
+class Fallback(Model):
+    """The caller's fallback: an answer the app makes up itself (a cache, a default)."""
+
+    status: Annotated[int, Field(ge=100, le=599)] = 200
+    """The status the app goes on with."""
+    latency: NonNegDuration = 0.0
+    """How long the fallback takes."""
+
+
+class WhenOpen(Model):
+    """What a call refused by the breaker gets: ``status`` at once, or the ``fallback``."""
+
+    status: Annotated[int, Field(ge=100, le=599)] = 503
+    """The status the app sees when it fails fast (no fallback)."""
+    fallback: Fallback | None = None
+    """If set, refused calls get this answer instead of failing."""
+
+
+class Failures(Model):
+    """Which finished calls the breaker records as failures (its outcome classifier)."""
+
+    statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = None
+    """Statuses that count as failures; default every 5xx."""
+    timeouts: bool = True
+    """Whether a call that timed out (504 ``UT`` from the sidecar) is a failure."""
+    slow_call_duration: PosDuration | None = None
+    """If set, a call slower than this is a failure too (resilience4j has its own
+    slow-call rate and settings instead)."""
+
+    def classifier(self) -> OutcomeClassifier:
+        kwargs: dict[str, Any] = {"timeouts_are_failures": self.timeouts}
+        if self.statuses is not None:
+            kwargs["failure_statuses"] = frozenset(self.statuses)
+        if self.slow_call_duration is not None:
+            kwargs.update(slow_calls_are_failures=True,
+                          slow_call_duration=self.slow_call_duration)
+        return OutcomeClassifier(**kwargs)
+
+
+class _Common(Model):
+    when_open: WhenOpen = WhenOpen()
+    """What a refused call gets."""
+    failures: Failures = Failures()
+    """Which outcomes count as failures."""
+
+
+# ---- built-in kinds ------------------------------------------------------------------------
+
+
+def _config_check(build: Callable[[], Any]) -> None:
+    # The library's own validation (the config dataclasses' __post_init__), reported on the
+    # block; a ValueError inside a validator becomes a scenario error with this block's path.
+    build()
+
+
+class Resilience4jSpec(_Common):
+    """resilience4j ``CircuitBreakerConfig`` (its names; durations as ``60s``)."""
+
+    kind: Literal["resilience4j"] = "resilience4j"
+    failure_rate_threshold: Annotated[float, Field(gt=0, le=100)] = 50.0
+    """Failure rate (%) at or above which the breaker opens."""
+    slow_call_rate_threshold: Annotated[float, Field(gt=0, le=100)] = 100.0
+    """Slow-call rate (%) at or above which the breaker opens."""
+    slow_call_duration_threshold: NonNegDuration = 60.0
+    """Calls slower than this are slow calls."""
+    permitted_number_of_calls_in_half_open_state: Annotated[int, Field(ge=1)] = 10
+    """Trial calls let through when half-open."""
+    max_wait_duration_in_half_open_state: NonNegDuration = 0.0
+    """Longest stay in half-open (0: until the trial calls have answered)."""
+    sliding_window_type: Literal["COUNT_BASED", "TIME_BASED"] = "COUNT_BASED"
+    sliding_window_size: Annotated[int, Field(ge=1)] = 100
+    """Calls (COUNT_BASED) or seconds (TIME_BASED) the failure rate is computed over."""
+    minimum_number_of_calls: Annotated[int, Field(ge=1)] = 100
+    """Calls needed in the window before the rate counts."""
+    wait_duration_in_open_state: NonNegDuration = 60.0
+    """Time in open before half-open."""
+    automatic_transition_from_open_to_half_open_enabled: bool = False
+    """Go half-open when the wait is over, without waiting for a call."""
+
+    def make(self) -> Breaker:
+        return Resilience4j(self._config())
+
+    def _config(self) -> Resilience4jConfig:
+        return Resilience4jConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
+
+    @model_validator(mode="after")
+    def _valid(self) -> Resilience4jSpec:
+        _config_check(self._config)
+        return self
+
+
+class HystrixSpec(_Common):
+    """Hystrix command properties (``circuitBreaker.*``, ``metrics.*``; durations as ``5s``)."""
+
+    kind: Literal["hystrix"] = "hystrix"
+    request_volume_threshold: Annotated[int, Field(ge=0)] = 20
+    """Requests in the rolling window before the error percentage counts."""
+    error_threshold_percentage: Annotated[int, Field(ge=0, le=100)] = 50
+    """Error percentage at or above which the breaker opens."""
+    sleep_window: NonNegDuration = 5.0
+    """Time in open before one trial request."""
+    rolling_stats_time: PosDuration = 10.0
+    """Length of the rolling window."""
+    rolling_stats_num_buckets: Annotated[int, Field(ge=1)] = 10
+    """Buckets of the rolling window."""
+    health_snapshot_interval: PosDuration = 0.5
+    """How often the breaker looks at the health counts."""
+
+    def make(self) -> Breaker:
+        return Hystrix(self._config())
+
+    def _config(self) -> HystrixConfig:
+        return HystrixConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
+
+    @model_validator(mode="after")
+    def _valid(self) -> HystrixSpec:
+        _config_check(self._config)
+        return self
+
+
+class PollySpec(_Common):
+    """Polly v8 ``CircuitBreakerStrategyOptions`` (durations as ``30s``)."""
+
+    kind: Literal["polly"] = "polly"
+    failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Share of failures (0–1] at or above which the breaker opens."""
+    minimum_throughput: Annotated[int, Field(ge=2)] = 100
+    """Calls in the sampling window before the ratio counts."""
+    sampling_duration: PosDuration = 30.0
+    """Length of the sampling window."""
+    break_duration: PosDuration = 5.0
+    """Time in open before one trial call."""
+
+    def make(self) -> Breaker:
+        return Polly(self._config())
+
+    def _config(self) -> PollyConfig:
+        return PollyConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
+
+    @model_validator(mode="after")
+    def _valid(self) -> PollySpec:
+        _config_check(self._config)
+        return self
+
+
+class ConsecutiveSpec(_Common):
+    """pybreaker-style breaker: ``failMax`` failures in a row open it."""
+
+    kind: Literal["consecutive"] = "consecutive"
+    fail_max: Annotated[int, Field(ge=1)] = 5
+    """Consecutive failures that open the breaker."""
+    reset_timeout: NonNegDuration = 60.0
+    """Time in open before a trial call."""
+    success_threshold: Annotated[int, Field(ge=1)] = 1
+    """Successful trial calls needed to close."""
+
+    def make(self) -> Breaker:
+        return Consecutive(self._config())
+
+    def _config(self) -> ConsecutiveConfig:
+        return ConsecutiveConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
+
+    @model_validator(mode="after")
+    def _valid(self) -> ConsecutiveSpec:
+        _config_check(self._config)
+        return self
+
+
+# ---- custom classes --------------------------------------------------------------------------
+
+
+class CustomSpec(_Common):
+    """A breaker class of your own (:class:`~meshsim.policies.breakers.Breaker` protocol)."""
+
+    kind: Literal["custom"] = "custom"
+    class_: str = Field(alias="class")
+    """``package.module:Class``, or a name registered with
+    :func:`meshsim.app_breakers.register_breaker`."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the class's constructor."""
+
+    @field_validator("class_")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        _resolve(value)
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> CustomSpec:
+        self.make()  # a wrong parameter is a scenario error, not a failure mid-run
+        return self
+
+    def make(self) -> Breaker:
+        return _instantiate(_resolve(self.class_), self.params)
+
+
+def _resolve(name: str) -> type:
+    if ":" not in name:
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = (f" (did you mean {close[0]!r}?)" if close else
+                f"; registered: {', '.join(known)}" if known else "")
+        raise ValueError(f"no breaker class registered as {name!r}{hint}; use "
+                         "'package.module:Class' or meshsim.app_breakers.register_breaker")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        names = [n for n, v in vars(module).items() if isinstance(v, type)]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"module {module_name!r} has no class {attr!r}{hint}")
+    return cls
+
+
+def _instantiate(cls: type, params: dict[str, Any]) -> Breaker:
+    accepted = _keywords(cls)
+    if accepted is not None:
+        for key in params:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, sorted(accepted), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{cls.__name__} takes no parameter {key!r}{hint}")
+    try:
+        breaker = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{cls.__name__}(**params) failed: {exc}") from None
+    missing = [m for m in ("allow", "on_result") if not callable(getattr(breaker, m, None))]
+    if missing:
+        raise ValueError(f"{cls.__name__} is not a breaker: it has no "
+                         + " or ".join(f"{m}()" for m in missing)
+                         + " (see meshsim.policies.breakers.Breaker)")
+    for attr, default in (("events", []), ("stats", {})):
+        if not hasattr(breaker, attr):
+            setattr(breaker, attr, default)
+    return breaker
+
+
+def _keywords(cls: type) -> set[str] | None:
+    """The keyword parameters of ``cls``'s constructor, or None if it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {n for n, p in sig.parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+BreakerSpec = Annotated[
+    Annotated[Resilience4jSpec, Tag("resilience4j")]
+    | Annotated[HystrixSpec, Tag("hystrix")]
+    | Annotated[PollySpec, Tag("polly")]
+    | Annotated[ConsecutiveSpec, Tag("consecutive")]
+    | Annotated[CustomSpec, Tag("custom")],
+    Discriminator(kind_or("resilience4j")),
+]
+
+
+def build_breaker(spec: Any) -> tuple[Breaker, OutcomeClassifier]:
+    """A fresh breaker for one calling pod, and the classifier of its outcomes."""
+    return spec.make(), spec.failures.classifier()

@@ -1,0 +1,186 @@
+"""App-level circuit breakers in whole scenarios (``services.<caller>.breakers``, the gateways'
+``breakers``) and the plug-in API (``kind: custom``).
+
+The state machines themselves are pinned in ``tests/policies/test_breakers.py``; here the
+engine's part: a refused call never leaves the app and gets ``whenOpen``; an admitted call's
+outcome, after the sidecar's retries, reaches the breaker; each calling pod has its own breaker;
+custom classes run and show in ``Result.events``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_conserved, build, closed, everything
+
+import meshsim
+from meshsim.app_breakers import register_breaker
+from meshsim.errors import ScenarioError
+
+ALWAYS_503 = {"rate": 1.0, "status": 503}
+
+
+def failing(breaker: dict, *, replicas: int = 1, duration: str = "30s") -> meshsim.Scenario:
+    """One user calls a (``replicas`` pods) every 0.1 s; a calls b, which always fails."""
+    services = {
+        "a": {"replicas": replicas, "latency": "0ms", "calls": [{"to": "b"}],
+              "breakers": {"b": breaker}},
+        "b": {"latency": "10ms", "errors": ALWAYS_503},
+    }
+    return build(services, [closed("a", think="0.1s")], duration=duration)
+
+
+def hops(result: meshsim.Result, dest: str = "b"):
+    both = everything(result)
+    return both[both["destination"] == dest].sort_values("t_start")
+
+
+def test_a_consecutive_breaker_opens_after_fail_max_and_probes_after_the_reset_timeout():
+    r = meshsim.run(failing({"kind": "consecutive", "failMax": 5, "resetTimeout": "10s"}),
+                    seed=1)
+    assert_conserved(r)
+    b = hops(r)
+    sent = b[b["host"] != "-"]
+    refused = b[b["host"] == "-"]
+    # Five failures open it; then one trial call every 10 s (it fails: open again).
+    opened = r.events.query("kind == 'breaker_open'")["t"].to_numpy()
+    assert len(opened) == 3  # at the 5th failure, after the probes at ~10 s and ~20 s
+    assert np.allclose(np.diff(opened), 10.0, atol=0.11)
+    assert len(sent) == 5 + 2
+    assert set(sent["status"]) == {503} and set(sent["flags"]) == {"-"}
+    # Refused calls fail fast inside a: 503, flag breaker_open, no time, no host.
+    assert set(refused["status"]) == {503} and set(refused["flags"]) == {"breaker_open"}
+    assert (refused["t_end"] == refused["t_start"]).all() and refused["t_arrive"].isna().all()
+    assert len(refused) > 200
+    st = r.stats.query("cluster == 'b'").set_index("stat")["value"]
+    assert st["app_circuit_breaker.calls_not_permitted"] == len(refused)
+    assert st["app_circuit_breaker.failures"] == len(sent)
+
+
+def test_a_fallback_answers_refused_calls_after_its_latency():
+    breaker = {"kind": "consecutive", "failMax": 3, "resetTimeout": "1h",
+               "whenOpen": {"fallback": {"status": 200, "latency": "5ms"}}}
+    r = meshsim.run(failing(breaker, duration="5s"), seed=1)
+    b = hops(r)
+    fallback = b[b["flags"] == "fallback"]
+    assert len(fallback) > 30 and set(fallback["status"]) == {200}
+    assert np.allclose(fallback["t_end"] - fallback["t_start"], 0.005)
+    # The end users see a's answers: 500 for the three failures, then 200 from the fallback.
+    roots = r.end_to_end().sort_values("t_start")
+    assert roots["status"].tolist()[:3] == [500, 500, 500]
+    assert set(roots["status"].iloc[3:]) == {200}
+
+
+def test_each_calling_pod_has_its_own_breaker():
+    r = meshsim.run(failing({"kind": "consecutive", "failMax": 5, "resetTimeout": "1h"},
+                            replicas=2), seed=1)
+    b = hops(r)
+    pod_of = everything(r).set_index("span_id")["host"]
+    sent = b[b["host"] != "-"]
+    callers = pod_of.loc[sent["parent_span_id"]].value_counts().to_dict()
+    assert callers == {"a-0": 5, "a-1": 5}
+    assert set(r.events.query("kind == 'breaker_open'")["source"]) == {"a-0", "a-1"}
+
+
+def test_the_breaker_sees_the_outcome_after_the_sidecars_retries():
+    # b fails 50 % of the time; with retryOn 5xx and 2 retries, a sees a failure only when all
+    # three tries fail (12.5 %). A breaker counting 5 consecutive failures then opens far later
+    # than one without the retries would: it records one outcome per call, not per try.
+    services = {"a": {"latency": "0ms", "calls": [{"to": "b"}],
+                      "breakers": {"b": {"kind": "consecutive", "failMax": 1000,
+                                         "resetTimeout": "1h"}}},
+                "b": {"latency": "1ms", "errors": {"rate": 0.5, "status": 503}}}
+    mesh = {"virtualServices": {"b": {"http": [{"retries": {"attempts": 2, "retryOn": "5xx"}}]}}}
+    r = meshsim.run(build(services, [closed("a", think="0.01s")], duration="20s", mesh=mesh),
+                    seed=1)
+    st = r.stats.query("cluster == 'b'").set_index("stat")["value"]
+    calls = st["app_circuit_breaker.successes"] + st["app_circuit_breaker.failures"]
+    roots = r.end_to_end()
+    assert calls == len(roots[roots["t_end"].notna()])
+    share = st["app_circuit_breaker.failures"] / calls
+    # Binomial(calls, 1/8): 99.9 % two-sided bound.
+    assert abs(share - 0.125) <= 3.3 * np.sqrt(0.125 * 0.875 / calls)
+
+
+def test_a_breaker_at_the_ingress_gateway_flags_the_clients_row():
+    services = {"a": {"latency": "1ms", "errors": ALWAYS_503}}
+    mesh = {"ingressGateway": {"replicas": 1, "breakers": {"a": {
+        "kind": "consecutive", "failMax": 2, "resetTimeout": "1h",
+        "whenOpen": {"status": 429}}}}}
+    sc = build(services, [closed("a", think="0.1s", via_ingress=True)], duration="2s", mesh=mesh)
+    r = meshsim.run(sc, seed=1)
+    roots = r.end_to_end().sort_values("t_start")
+    assert roots["status"].tolist()[:2] == [503, 503]
+    assert set(roots["status"].iloc[2:]) == {429}
+    assert set(roots["flags"].astype(str).iloc[2:]) == {"breaker_open"}
+
+
+# ---- the plug-in API ---------------------------------------------------------------------------
+
+
+class EveryOther:
+    """A custom breaker: refuses every other call; counts what it hears."""
+
+    def __init__(self, label: str = "alt", start_open: bool = False):
+        self.label = label
+        self.closed = start_open  # allow() flips it first: the first call passes
+        self.events: list[tuple[float, str, int, str]] = []
+        self.stats = {"heard": 0}
+
+    def allow(self, now: float) -> bool:
+        self.closed = not self.closed
+        self.events.append((now, f"{self.label}_{'pass' if self.closed else 'refuse'}", -1, ""))
+        return self.closed
+
+    def on_result(self, now: float, failure: bool, duration: float) -> None:
+        self.stats["heard"] += 1
+
+
+CUSTOM_YAML = """
+duration: 2s
+services:
+  a: {{latency: 0ms, calls: [{{to: b}}], breakers: {{b: {breaker}}}}}
+  b: {{latency: 1ms}}
+workload:
+  - {{client: u, entry: a, viaIngress: false, arrival: {{kind: closed, users: 1,
+     thinkTime: {{kind: constant, value: 0.1s}}}}}}
+mesh: {{sidecar: {{hopOverhead: 0ms}}}}
+network: {{latency: 0ms}}
+"""
+
+
+@pytest.mark.parametrize("name", ["test_app_breakers:EveryOther", "every-other"])
+def test_a_custom_breaker_runs_and_shows_in_the_events(name):
+    register_breaker("every-other", EveryOther)
+    breaker = "{kind: custom, class: '%s', params: {label: odd}}" % name
+    r = meshsim.run(meshsim.loads_scenario(CUSTOM_YAML.format(breaker=breaker), "custom.yaml"))
+    b = hops(r)
+    assert b["flags"].astype(str).tolist()[:4] == ["-", "breaker_open", "-", "breaker_open"]
+    kinds = r.events.query("source == 'a-0'")["kind"].tolist()
+    assert kinds[:4] == ["odd_pass", "odd_refuse", "odd_pass", "odd_refuse"]
+    st = r.stats.query("cluster == 'b'").set_index("stat")["value"]
+    assert st["app_circuit_breaker.heard"] == (b["host"] != "-").sum()
+
+
+@pytest.mark.parametrize(("breaker", "message"), [
+    ("{kind: custom, class: 'test_app_breakers:EveryOhter'}",
+     "has no class 'EveryOhter' (did you mean 'EveryOther'?)"),
+    ("{kind: custom, class: 'no_such_module_here:X'}", "cannot import module"),
+    ("{kind: custom, class: 'test_app_breakers:EveryOther', params: {lable: x}}",
+     "EveryOther takes no parameter 'lable' (did you mean 'label'?)"),
+    ("{kind: custom, class: 'test_app_breakers:ALWAYS_503'}", "has no class"),
+    ("{kind: custom, class: 'not-registered'}", "no breaker class registered"),
+    ("{kind: custom, class: 'test_app_breakers:NotABreaker'}", "is not a breaker"),
+    ("{kind: hystrix, rollingStatsTime: 10s, rollingStatsNumBuckets: 3}", "whole-ms buckets"),
+    ("{kind: polly, failureRatio: 1.5}", "failureRatio: must be <= 1"),
+])
+def test_a_bad_breaker_is_a_scenario_error_with_its_path(breaker, message):
+    with pytest.raises(ScenarioError) as err:
+        meshsim.loads_scenario(CUSTOM_YAML.format(breaker=breaker), "custom.yaml")
+    text = str(err.value)
+    assert "custom.yaml:4: services.a.breakers.b" in text and message in text
+
+
+class NotABreaker:
+    def __init__(self) -> None:
+        pass
