@@ -29,6 +29,7 @@ from .app_breakers import build_breaker
 from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
+from .policies.adaptive import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy
@@ -370,7 +371,7 @@ class Engine:
         cl.respond_cb = self.respond_cb
         cl.send = self._send_lean
         if not source.startswith("client"):
-            self._policies(cl, f"{proxy}->{key}", dest, gateway, self._breaker_spec(source, dest))
+            self._policies(cl, f"{proxy}->{key}", dest, gateway, source)
         self.clusters.append(cl)
         return cl
 
@@ -403,7 +404,7 @@ class Engine:
         return gw.breakers.get(dest) if gw is not None else None
 
     def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None,
-                  breaker: Any = None) -> None:
+                  source: str) -> None:
         """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.
 
         The Istio blocks are translated as istiod translates them (``from_istio`` of each
@@ -440,9 +441,12 @@ class Engine:
         connect = self.scenario.mesh.sidecar.connect_time
         connect_time = None if isinstance(connect, Constant) and connect.value == 0 \
             else self._sampler(f"connect:{stream}", connect)
+        breaker = self._breaker_spec(source, dest)
+        sidecar = sc.mesh.sidecars.get(source) if gateway is None else None
+        admission = sidecar.admission_control.get(dest) if sidecar is not None else None
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
                         or _retry_can_act(retry) or connect_time is not None
-                        or breaker is not None)
+                        or breaker is not None or admission is not None)
         if not needs_router:
             return
         cl.policy_path = True
@@ -450,6 +454,9 @@ class Engine:
         if breaker is not None:
             cl.breaker, cl.classifier = build_breaker(breaker)
             cl.when_open = breaker.when_open
+        if admission is not None:
+            cl.admission = AdmissionController(AdmissionControlConfig.from_envoy(admission),
+                                               self.streams.uniform(f"admission:{stream}"))
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry

@@ -192,6 +192,8 @@ def _events(engine: Engine) -> pd.DataFrame:
             sources.append(cl.outlier.events)
         if cl.breaker is not None:
             sources.append(cl.breaker.events)
+        if cl.admission is not None:
+            sources.append(cl.admission.events)
         for events in sources:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
@@ -217,6 +219,8 @@ def _stats(engine: Engine) -> pd.DataFrame:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
         if cl.breaker is not None:
             values.update({f"app_circuit_breaker.{k}": v for k, v in cl.breaker.stats.items()})
+        if cl.admission is not None:
+            values.update({f"admission_control.{k}": v for k, v in cl.admission.stats.items()})
         rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
     for pod in _inbound_pods(engine):
         pool = pod.inbound

@@ -254,6 +254,9 @@ class Router:
         if cl.breaker is not None and not cl.breaker.allow(now):
             self._refuse(parent, cl, optional, route_to, now)
             return
+        if cl.admission is not None and not cl.admission.allow(now):
+            self._reject_admission(parent, cl, optional, route_to, now)
+            return
         call = Call(parent, cl, optional, route_to, now)
         deadline = call.deadline
         if deadline is not None and not cl.route_timers.lazy:
@@ -461,7 +464,7 @@ class Router:
             ))
             call.done = True
             call.current = None
-            if cl.breaker is not None:
+            if cl.breaker is not None or cl.admission is not None:
                 self._report(call, status, "-", now)
             parent.host.child_done(parent, status, 0, call.optional)
             return
@@ -607,7 +610,8 @@ class Router:
     def _finish(self, call: Call, status: int, flags: str) -> None:
         call.done = True
         call.current = None
-        if call.cluster.breaker is not None:
+        cl = call.cluster
+        if cl.breaker is not None or cl.admission is not None:
             self._report(call, status, flags, self.env._now)
         parent = call.parent
         code = 0 if flags == "-" else self.engine.flag_code(flags)
@@ -619,9 +623,25 @@ class Router:
         """The app gets the call's outcome: its breaker records it (after the sidecar's retries,
         as the client library sees it)."""
         cl = call.cluster
-        duration = now - call.start
-        timed_out = "UT" in flags.split(",")
-        cl.breaker.on_result(now, cl.classifier.is_failure(status, timed_out, duration), duration)
+        if cl.admission is not None:
+            # Envoy's filter sees the response the router sends downstream, local replies too.
+            cl.admission.on_result(now, status)
+        if cl.breaker is not None:
+            duration = now - call.start
+            timed_out = "UT" in flags.split(",")
+            failure = cl.classifier.is_failure(status, timed_out, duration)
+            cl.breaker.on_result(now, failure, duration)
+
+    def _reject_admission(self, parent: Attempt, cl: Cluster, optional: bool,
+                          route_to: str | None, now: float) -> None:
+        """Envoy's admission control filter answers 503 itself (details
+        ``denied_by_admission_control``, no response flag); the request never reaches the
+        router, so it is neither retried nor counted by the filter."""
+        call = Call(parent, cl, optional, route_to, now)
+        a = self._attempt(call, None, now)
+        a.status = 503
+        self._record(a, now)
+        self._close(a)
 
     def _refuse(self, parent: Attempt, cl: Cluster, optional: bool, route_to: str | None,
                 now: float) -> None:

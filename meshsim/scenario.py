@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     Discriminator,
     Field,
     PositiveInt,
@@ -48,6 +49,7 @@ from .istio import (
     TrafficPolicy,
     VirtualService,
 )
+from .policies.adaptive import AdmissionControlConfig
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 
@@ -283,16 +285,30 @@ class Sidecar(Model):
     Setting it sends every call through a connection pool, which makes runs slower."""
 
 
-class SidecarResource(Model):
-    """An Istio ``Sidecar`` resource for the pods of one service (its ``workloadSelector``).
+def _admission_control(block: dict[str, Any]) -> dict[str, Any]:
+    AdmissionControlConfig.from_envoy(block)  # Envoy's validation, reported on this block
+    return block
 
-    Only the field that changes what meshsim simulates is taken.
+
+#: The ``typed_config`` of Envoy's admission control filter (Envoy's field names), as an
+#: ``EnvoyFilter`` would carry it.
+EnvoyAdmissionControl = Annotated[dict[str, Any], AfterValidator(_admission_control)]
+
+
+class SidecarResource(Model):
+    """The sidecars of one service's pods: an Istio ``Sidecar`` resource (its
+    ``workloadSelector``), and the Envoy filters an ``EnvoyFilter`` would add to them.
     """
 
     inbound_connection_pool: ConnectionPoolSettings | None = None
     """Limits of the pod's own (inbound) sidecar towards the app, in place of the
     ``connectionPool`` of the service's ``DestinationRule``, which istiod applies to the inbound
     cluster too when this is unset (Istio 1.20+: ``Sidecar.inboundConnectionPool``)."""
+    admission_control: dict[str, EnvoyAdmissionControl] = Field(default_factory=dict)
+    """Envoy's admission control filter on these pods' outbound calls, by destination: it
+    rejects a share of requests (503 at once, flag ``-``) while the destination's success rate
+    is low. Fields as Envoy's ``AdmissionControl`` (``success_criteria``, ``sampling_window``,
+    ``aggression``, ``sr_threshold``, ``rps_threshold``, ``max_rejection_probability``)."""
 
 
 class Mesh(Model):
@@ -634,9 +650,17 @@ def cross_check(sc: Scenario) -> list[Issue]:
             if dest not in targets:
                 issues.append(Issue(("mesh", where, "breakers", dest),
                                     _unknown(dest, targets, "host")))
-    for name in sc.mesh.sidecars:
+    for name, sidecar in sc.mesh.sidecars.items():
         if name not in services:
             issues.append(Issue(("mesh", "sidecars", name), _unknown(name, services, "service")))
+            continue
+        svc = sc.services[name]
+        called = {c.to for step in svc.calls for c in ([step] if isinstance(step, Call)
+                                                        else step.parallel)}
+        for dest in sidecar.admission_control:
+            if dest not in called:
+                issues.append(Issue(("mesh", "sidecars", name, "admissionControl", dest),
+                                    _unknown(dest, called, f"destination of {name}'s calls")))
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))

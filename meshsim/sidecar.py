@@ -49,7 +49,8 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "avail", "back_delay", "breaker", "classifier", "code", "connect_time",
+        "active", "admission", "avail", "back_delay", "breaker", "classifier", "code",
+        "connect_time",
         "dest", "events", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
@@ -93,6 +94,8 @@ class Cluster:
         #: The caller app's circuit breaker for this destination (``meshsim.app_breakers``),
         #: its outcome classifier and what a refused call gets; None when there is none.
         self.breaker: Any = None
+        #: Envoy's admission control filter of this proxy for this destination, or None.
+        self.admission: Any = None
         self.classifier: Any = None
         self.when_open: Any = None
         #: ``connect_time() -> float`` seconds to open a connection, or None for at once.

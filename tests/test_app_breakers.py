@@ -184,3 +184,41 @@ def test_a_bad_breaker_is_a_scenario_error_with_its_path(breaker, message):
 class NotABreaker:
     def __init__(self) -> None:
         pass
+
+
+# ---- Envoy's admission control at the caller's sidecar -------------------------------------------
+
+
+def admission(error_rate: float) -> meshsim.Scenario:
+    services = {"a": {"latency": "0ms", "workers": 1000, "calls": [{"to": "b"}]},
+                "b": {"latency": "1ms", "workers": 1000,
+                      "errors": {"rate": error_rate, "status": 503}}}
+    mesh = {"sidecars": {"a": {"admissionControl": {"b": {
+        "success_criteria": {}, "sampling_window": "10s", "sr_threshold": {"default_value": {
+            "value": 95}}, "max_rejection_probability": {"default_value": {"value": 80}}}}}}}
+    return build(services, [{"client": "u", "entry": "a", "viaIngress": False,
+                             "arrival": {"kind": "poisson", "rate": "200/s"}}],
+                 duration="30s", mesh=mesh)
+
+
+def test_admission_control_sheds_up_to_its_maximum_while_the_destination_fails():
+    # b succeeds 10 % of the time: (total − successes / 0.95) / (total + 1) ≈ 0.89, capped at
+    # max_rejection_probability 80 %. Rejected requests are not recorded (Envoy), so the window
+    # keeps b's own success rate and the probability stays at the cap.
+    r = meshsim.run(admission(0.9), seed=1)
+    b = hops(r)
+    b = b[b["t_start"] >= 10]  # once the sampling window is full
+    rejected = (b["host"] == "-") & (b["status"] == 503)
+    n = len(b)
+    assert n > 3500  # 200/s for 20 s
+    assert abs(rejected.mean() - 0.8) <= 3.3 * np.sqrt(0.8 * 0.2 / n)
+    assert set(b.loc[rejected, "flags"]) == {"-"} and b.loc[rejected, "t_arrive"].isna().all()
+    st = r.stats.query("cluster == 'b'").set_index("stat")["value"]
+    assert st["admission_control.rq_rejected"] == int(((everything(r)["destination"] == "b")
+                                                       & (everything(r)["host"] == "-")).sum())
+
+
+def test_admission_control_lets_everything_through_to_a_healthy_destination():
+    r = meshsim.run(admission(0.0), seed=1)
+    b = hops(r)
+    assert (b["host"] != "-").all() and len(b) > 5000
