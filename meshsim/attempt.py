@@ -24,6 +24,7 @@ class Attempt:
 
     __slots__ = (
         "abandoned",
+        "adaptive_at",
         "attempt",
         "call",
         "callbacks",

@@ -29,7 +29,12 @@ from .app_breakers import build_breaker
 from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
-from .policies.adaptive import AdmissionControlConfig, AdmissionController
+from .policies.adaptive import (
+    AdmissionControlConfig,
+    AdmissionController,
+    GradientController,
+    GradientControllerConfig,
+)
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy
@@ -264,6 +269,13 @@ class Engine:
                 pod.service = self.nodes.code(name)
                 pod.code = self.hosts.code(pod_name)
                 pod.inbound = self._inbound_pool(name)
+                adaptive = sc.mesh.sidecars.get(name)
+                if adaptive is not None and adaptive.adaptive_concurrency is not None:
+                    pod.adaptive = GradientController(
+                        GradientControllerConfig.from_envoy(adaptive.adaptive_concurrency),
+                        streams.uniform(f"adaptive:{pod_name}"))
+                    if pod.inbound is None:  # the filters run in the sidecar's inbound path
+                        pod.inbound = ConnectionPool(1, PoolConfig.istio_default())
                 pods.append(pod)
             self.pods[name] = pods
         for name, ext in sc.external_services.items():

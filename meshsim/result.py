@@ -199,7 +199,8 @@ def _events(engine: Engine) -> pd.DataFrame:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
                 rows.append((t, kind, cl.proxy, cl.dest, name, detail))
     for pod in _inbound_pods(engine):
-        for t, kind, _, detail in pod.inbound.events:
+        events = pod.inbound.events + (pod.adaptive.events if pod.adaptive is not None else [])
+        for t, kind, _, detail in events:
             rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
@@ -226,6 +227,9 @@ def _stats(engine: Engine) -> pd.DataFrame:
         pool = pod.inbound
         values = dict(pool.stats)
         values.update({f"circuit_breakers.default.{k}": v for k, v in pool.gauges().items()})
+        if pod.adaptive is not None:
+            values.update({f"adaptive_concurrency.gradient_controller.{k}": v
+                           for k, v in pod.adaptive.stats.items()})
         rows += [(pod.name, INBOUND, k, int(v)) for k, v in sorted(values.items())]
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 

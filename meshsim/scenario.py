@@ -49,7 +49,7 @@ from .istio import (
     TrafficPolicy,
     VirtualService,
 )
-from .policies.adaptive import AdmissionControlConfig
+from .policies.adaptive import AdmissionControlConfig, GradientControllerConfig
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 
@@ -295,6 +295,15 @@ def _admission_control(block: dict[str, Any]) -> dict[str, Any]:
 EnvoyAdmissionControl = Annotated[dict[str, Any], AfterValidator(_admission_control)]
 
 
+def _adaptive_concurrency(block: dict[str, Any]) -> dict[str, Any]:
+    GradientControllerConfig.from_envoy(block)
+    return block
+
+
+#: The ``typed_config`` of Envoy's adaptive concurrency filter (Envoy's field names).
+EnvoyAdaptiveConcurrency = Annotated[dict[str, Any], AfterValidator(_adaptive_concurrency)]
+
+
 class SidecarResource(Model):
     """The sidecars of one service's pods: an Istio ``Sidecar`` resource (its
     ``workloadSelector``), and the Envoy filters an ``EnvoyFilter`` would add to them.
@@ -304,6 +313,11 @@ class SidecarResource(Model):
     """Limits of the pod's own (inbound) sidecar towards the app, in place of the
     ``connectionPool`` of the service's ``DestinationRule``, which istiod applies to the inbound
     cluster too when this is unset (Istio 1.20+: ``Sidecar.inboundConnectionPool``)."""
+    adaptive_concurrency: EnvoyAdaptiveConcurrency | None = None
+    """Envoy's adaptive concurrency filter on requests into each pod: a gradient controller
+    that limits the requests in flight to the app from its latency (over the limit: 503 at
+    once). Fields as Envoy's ``AdaptiveConcurrency`` (``gradient_controller_config``,
+    ``concurrency_limit_exceeded_status``)."""
     admission_control: dict[str, EnvoyAdmissionControl] = Field(default_factory=dict)
     """Envoy's admission control filter on these pods' outbound calls, by destination: it
     rejects a share of requests (503 at once, flag ``-``) while the destination's success rate

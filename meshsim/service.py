@@ -18,6 +18,7 @@ from .policies.connection_pool import ATTACHED, OVERFLOW
 
 if TYPE_CHECKING:
     from .engine import Attempt, Engine
+    from .policies.adaptive import GradientController
     from .policies.connection_pool import ConnectionPool
 
 __all__ = ["GatewayPod", "Pod", "bursty_state"]
@@ -46,6 +47,7 @@ class Pod:
     """
 
     __slots__ = (
+        "adaptive",
         "arrive_cb",
         "busy",
         "code",
@@ -91,8 +93,11 @@ class Pod:
         self.worked = (self._worked,) if error is not None else (self._next_step,)
         self.arrive_cb = (self.arrive,)
         #: The pod's own sidecar's connection pool towards the app, when it can limit
-        #: (:class:`~meshsim.policies.connection_pool.ConnectionPool` with one host).
+        #: (:class:`~meshsim.policies.connection_pool.ConnectionPool` with one host). A pod
+        #: with any sidecar filter has one (unlimited if nothing limits it).
         self.inbound: ConnectionPool | None = None
+        #: Envoy's adaptive concurrency filter in the pod's sidecar, or None.
+        self.adaptive: GradientController | None = None
 
     # -- arrival and the worker pool ----------------------------------------------------------
 
@@ -101,8 +106,11 @@ class Pod:
         now = a.t_arrive = self.engine.env._now
         if self.inbound is not None:
             a.inbound_conn = -1
+            a.adaptive_at = -1.0
             if getattr(a, "abandoned", 0):
                 self._admit(a)
+                return
+            if self.adaptive is not None and not self._adaptive_admits(a, now):
                 return
             # Through the pod's own sidecar first. (A request whose caller has already reset
             # it, above, is passed on: the reset follows the request on the same connection,
@@ -121,6 +129,8 @@ class Pod:
             # The app's own bounded queue is full: it answers 503 without doing any work.
             if self.inbound is not None:
                 self._release_inbound(a)
+                if self.adaptive is not None:
+                    self._adaptive_done(a, self.engine.env._now)
             self.engine.reply(a, 503)
 
     # -- the pod's own (inbound) sidecar --------------------------------------------------------
@@ -140,9 +150,34 @@ class Pod:
             self._admit(a)
             return
         if verdict == OVERFLOW:
+            if self.adaptive is not None:
+                self._adaptive_done(a, now)
             self.engine.reply(a, 503)
             return
         self._drain_inbound(now)
+
+    def _adaptive_admits(self, a: Attempt, now: float) -> bool:
+        """Envoy's adaptive concurrency filter in the pod's sidecar: over its current limit, a
+        local reply (503 by default) that never reaches the app; the caller's proxy sees a
+        plain upstream answer."""
+        if self.adaptive.try_acquire(now):
+            a.adaptive_at = now
+            return True
+        a.adaptive_at = -1.0
+        self.engine.reply(a, self.adaptive.config.concurrency_limit_exceeded_status)
+        return False
+
+    def _adaptive_done(self, a: Attempt, now: float, cancelled: bool = False) -> None:
+        """The request's answer has left the sidecar (a latency sample for the controller),
+        or the caller reset it (no sample)."""
+        since = a.adaptive_at
+        if since < 0:
+            return
+        a.adaptive_at = -1.0
+        if cancelled:
+            self.adaptive.on_cancel(now)
+        else:
+            self.adaptive.on_response(now, now - since)
 
     def _drain_inbound(self, now: float) -> None:
         # Connections from the sidecar to the app (on localhost) are set up at once.
@@ -157,6 +192,8 @@ class Pod:
             refused = list(inbound.overflowed)
             inbound.overflowed.clear()
             for b in refused:
+                if self.adaptive is not None:
+                    self._adaptive_done(b, now)
                 self.engine.reply(b, 503)
 
     def _release_inbound(self, a: Attempt) -> None:
@@ -181,10 +218,13 @@ class Pod:
         """
         if self.inbound is None:
             return False
+        now = self.engine.env._now
+        if self.adaptive is not None and hasattr(a, "adaptive_at"):
+            self._adaptive_done(a, now, cancelled=True)
         if a.inbound_conn >= 0:
             self._release_inbound(a)
             return False
-        return self.inbound.cancel_pending(self.engine.env._now, 0, a)
+        return self.inbound.cancel_pending(now, 0, a)
 
     def _start(self, a: Attempt) -> None:
         self.busy += 1
@@ -247,6 +287,8 @@ class Pod:
             self._start(self.queue.popleft())
         if self.inbound is not None:
             self._release_inbound(a)
+            if self.adaptive is not None:
+                self._adaptive_done(a, self.engine.env._now)
         # Engine.reply, written out: this runs for every request a pod works on.
         eng = self.engine
         now = a.t_reply = eng.env._now

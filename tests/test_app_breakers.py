@@ -152,7 +152,7 @@ network: {{latency: 0ms}}
 @pytest.mark.parametrize("name", ["test_app_breakers:EveryOther", "every-other"])
 def test_a_custom_breaker_runs_and_shows_in_the_events(name):
     register_breaker("every-other", EveryOther)
-    breaker = "{kind: custom, class: '%s', params: {label: odd}}" % name
+    breaker = f"{{kind: custom, class: '{name}', params: {{label: odd}}}}"
     r = meshsim.run(meshsim.loads_scenario(CUSTOM_YAML.format(breaker=breaker), "custom.yaml"))
     b = hops(r)
     assert b["flags"].astype(str).tolist()[:4] == ["-", "breaker_open", "-", "breaker_open"]
@@ -186,7 +186,7 @@ class NotABreaker:
         pass
 
 
-# ---- Envoy's admission control at the caller's sidecar -------------------------------------------
+# ---- Envoy's admission control at the caller's sidecar -----------------------------------------
 
 
 def admission(error_rate: float) -> meshsim.Scenario:
@@ -222,3 +222,33 @@ def test_admission_control_lets_everything_through_to_a_healthy_destination():
     r = meshsim.run(admission(0.0), seed=1)
     b = hops(r)
     assert (b["host"] != "-").all() and len(b) > 5000
+
+
+# ---- Envoy's adaptive concurrency in the destination's sidecar ---------------------------------
+
+
+def test_adaptive_concurrency_pins_the_limit_to_min_concurrency_while_it_measures_min_rtt():
+    # The gradient controller starts by measuring minRTT with the limit pinned to
+    # min_concurrency (3) until request_count (50) samples are in: with b taking 1 s at 20/s,
+    # b's app never works on more than 3 requests, and the rest are refused by its sidecar.
+    services = {"a": {"latency": "0ms", "workers": 1000, "calls": [{"to": "b"}]},
+                "b": {"latency": "1s", "workers": 100}}
+    mesh = {"sidecars": {"b": {"adaptiveConcurrency": {"gradient_controller_config": {
+        "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
+        "min_rtt_calc_params": {"interval": "60s", "request_count": 50,
+                                "min_concurrency": 3}}}}}}
+    sc = build(services, [{"client": "u", "entry": "a", "viaIngress": False,
+                           "arrival": {"kind": "poisson", "rate": "20/s"}}],
+               duration="10s", mesh=mesh)
+    r = meshsim.run(sc, seed=1)
+    assert_conserved(r)
+    b = hops(r)
+    worked = b[b["t_begin"].notna()]
+    refused = b[b["t_arrive"].notna() & b["t_begin"].isna()]
+    starts, ends = worked["t_begin"].to_numpy(), worked["t_reply"].fillna(np.inf).to_numpy()
+    peak = max(((starts <= t) & (t < ends)).sum() for t in starts)
+    assert peak == 3
+    assert len(refused) > 100 and set(refused["status"]) == {503}
+    assert set(refused["flags"]) == {"-"}
+    st = r.stats.query("proxy == 'b-0' and cluster == 'inbound'").set_index("stat")["value"]
+    assert st["adaptive_concurrency.gradient_controller.rq_blocked"] == len(refused)
