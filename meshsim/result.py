@@ -169,7 +169,8 @@ class Result:
         """The headline figures after warm-up; see :func:`meshsim.metrics.summary`."""
         sc = self.scenario
         order = ["ingress", *sc.services, "egress", *sc.external_services]
-        workers = {name: float(s.replicas * s.workers) for name, s in sc.services.items()}
+        workers = {name: float(sum(d.replicas * d.workers for d in s.deployments()))
+                   for name, s in sc.services.items()}
         workers.update({name: float(e.concurrency) for name, e in sc.external_services.items()
                         if e.concurrency is not None})
         return metrics.summary(self.requests, self.in_flight, self.meta, order, workers)
@@ -190,7 +191,7 @@ def _events(engine: Engine) -> pd.DataFrame:
         for events in sources:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
-                rows.append((t, kind, cl.proxy, cl.dest, name, detail))
+                rows.append((t, kind, cl.proxy, cl.name, name, detail))
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})
@@ -207,7 +208,7 @@ def _stats(engine: Engine) -> pd.DataFrame:
         values.update({f"circuit_breakers.default.{k}": v for k, v in cl.pool.gauges().items()})
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
-        rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
+        rows += [(cl.proxy, cl.name, k, int(v)) for k, v in sorted(values.items())]
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 
