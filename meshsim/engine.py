@@ -389,6 +389,13 @@ class Engine:
         return WeightedClusters(clusters, list(weights.values()),
                                 self.streams.uniform(f"route:{proxy}->{dest}"))
 
+    def _subset_hosts(self, host: str, subset: str, gateway: str | None) -> list[Any]:
+        """The pods of ``host`` that its rule's ``subset`` selects by their labels."""
+        rule = self.scenario.destination_rule(host, gateway)
+        selector = rule.subset(subset).labels
+        return [pod for pod, labels in zip(self.pods[host], self.pod_labels[host], strict=True)
+                if selects(selector, labels)]
+
     def _cluster(self, proxy: str, source: str, dest: str, subset: str | None = None) -> Cluster:
         """The cluster for ``dest`` (or its ``subset``) as seen by the proxy of pod ``proxy``
         (of ``source``)."""
@@ -406,23 +413,15 @@ class Engine:
         # without a sidecar, an external host) pays the network alone.
         mesh_hop = not source.startswith("client") and label not in sc.external_services
         out = self._hop_out(source, label, mesh_hop)
-        cl = Cluster(proxy, label, self.nodes.code(label), hosts, policy, uniform, out,
+        name = label if subset is None else f"{label}|{subset}"
+        cl = Cluster(proxy, name, self.nodes.code(label), hosts, policy, uniform, out,
                      self._net(source, label))
         cl.respond_cb = self.respond_cb
         cl.send = self._send_lean
-        if subset is not None:
-            cl.name = f"{label}|{subset}"
         if not source.startswith("client"):
             self._policies(cl, f"{proxy}->{key}", dest, gateway, subset)
         self.clusters.append(cl)
         return cl
-
-    def _subset_hosts(self, host: str, subset: str, gateway: str | None) -> list[Any]:
-        """The pods of ``host`` that its rule's ``subset`` selects by their labels."""
-        rule = self.scenario.destination_rule(host, gateway)
-        selector = rule.subset(subset).labels
-        return [pod for pod, labels in zip(self.pods[host], self.pod_labels[host], strict=True)
-                if selects(selector, labels)]
 
     def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None,
                   subset: str | None = None) -> None:
@@ -436,8 +435,7 @@ class Engine:
         istio = sc.mesh.istio_defaults
         # Calls to the egress gateway use its (default) settings; the external host's rules
         # and routes apply where the request goes to that host.
-        tp = sc.traffic_policy(cl.dest, gateway, subset) if cl.dest != "egress" \
-            else TrafficPolicy()
+        tp = sc.traffic_policy(dest, gateway, subset) if cl.dest != "egress" else TrafficPolicy()
         route = sc.http_route(dest, gateway)
         retry = RetryPolicy.from_istio(istio_dict(route), istio_defaults=istio)
         pool_cfg = PoolConfig.from_istio(

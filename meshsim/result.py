@@ -191,7 +191,7 @@ def _events(engine: Engine) -> pd.DataFrame:
         for events in sources:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
-                rows.append((t, kind, cl.proxy, cl.name, name, detail))
+                rows.append((t, kind, cl.proxy, cl.dest, name, detail))
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})
@@ -208,7 +208,7 @@ def _stats(engine: Engine) -> pd.DataFrame:
         values.update({f"circuit_breakers.default.{k}": v for k, v in cl.pool.gauges().items()})
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
-        rows += [(cl.proxy, cl.name, k, int(v)) for k, v in sorted(values.items())]
+        rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 

@@ -22,10 +22,9 @@ class Cluster:
     proxy : str
         The calling pod or gateway pod (e.g. ``frontend-1``), for stats and events.
     dest : str
-        The ``destination`` of request records (a service, ``egress``, or an external host).
-    name : str
-        The cluster in stats and events: ``dest``, or ``reviews|v2`` for the subset ``v2`` of
-        ``reviews`` (Envoy's ``outbound|80|v2|reviews...``), which is a cluster of its own.
+        The cluster in stats and events: the ``destination`` of request records (a service,
+        ``egress``, or an external host), or ``reviews|v2`` for the subset ``v2`` of ``reviews``
+        (Envoy's ``outbound|80|v2|reviews...``), a cluster of its own.
     code : int
         Its code in the engine's table of node names (records store codes).
     hosts : list
@@ -52,7 +51,7 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic", "name",
+        "active", "avail", "back_delay", "code", "dest", "events", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
         "route_timeout", "route_timers", "seen", "send", "stats", "try_timers",
@@ -71,8 +70,6 @@ class Cluster:
     ):
         self.proxy = proxy
         self.dest = dest
-        #: The cluster's name in stats and events: ``dest``, or ``dest|subset`` for a subset.
-        self.name = dest
         self.code = code
         self.hosts = hosts
         self.active = [0] * len(hosts)

@@ -161,7 +161,7 @@ def test_a_route_to_one_subset_binds_its_cluster(route):
     engine = Engine(sc, 1)
     (cluster, *_), = engine.pods["a"][0].steps[0][1]
     # No dispatcher: the call costs what a call to a plain cluster costs.
-    assert type(cluster) is Cluster and cluster.name == "b|v2"
+    assert type(cluster) is Cluster and cluster.dest == "b|v2"
     assert [p.name for p in cluster.hosts] == ["b-v2-0", "b-v2-1"]
     assert set(to_b(meshsim.run(sc, seed=1))["version"]) == {"v2"}
 
@@ -174,7 +174,7 @@ def test_several_destinations_share_one_dispatcher_per_proxy():
     routes = [pod.steps[0][1][0][0] for pod in engine.pods["a"]]
     assert all(type(r) is WeightedClusters for r in routes)
     assert routes[0] is not routes[1]
-    assert [[c.name for c in r.clusters] for r in routes] == [["b|v1", "b|v2"]] * 2
+    assert [[c.dest for c in r.clusters] for r in routes] == [["b|v1", "b|v2"]] * 2
     assert [c.proxy for r in routes for c in r.clusters] == ["a-0", "a-0", "a-1", "a-1"]
 
 
