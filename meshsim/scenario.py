@@ -672,29 +672,32 @@ def cross_check(sc: Scenario) -> list[Issue]:
             for host in hosts:
                 if host not in known:
                     issues.append(Issue((*where, field, host), _unknown(host, known, "host")))
-        issues += _check_routing(sc, where, block)
-    issues += _check_pod_names(sc)
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))
+    issues += _check_routing(sc)
+    issues += _check_pod_names(sc)
     return issues
 
 
-def _check_routing(sc: Scenario, where: tuple[str, ...], block: Mesh | Gateway) -> list[Issue]:
-    """Subsets of the rules in ``block`` and destinations of its routes."""
-    gateway = {"ingressGateway": "ingress", "egressGateway": "egress"}.get(where[-1])
+def _check_routing(sc: Scenario) -> list[Issue]:
+    """Subsets of the rules and destinations of the routes, at the sidecars and gateways."""
+    blocks: list[tuple[tuple[str, ...], Mesh | Gateway, str | None]] = [
+        (("mesh",), sc.mesh, None),
+        (("mesh", "ingressGateway"), sc.mesh.ingress_gateway, "ingress")]
+    if sc.mesh.egress_gateway is not None:
+        blocks.append((("mesh", "egressGateway"), sc.mesh.egress_gateway, "egress"))
     known = set(sc.services) | set(sc.external_services)
     issues: list[Issue] = []
-    for host, rule in block.destination_rules.items():
-        if host in known:
-            issues += _check_subsets(sc, (*where, "destinationRules", host), host, rule)
-    for host, vs in block.virtual_services.items():
-        if host not in known:
-            continue
-        for k, http in enumerate(vs.http):
-            if http.route is not None:
-                at = (*where, "virtualServices", host, "http", k, "route")
-                issues += _check_route(sc, at, host, http.route, gateway)
+    for where, block, gateway in blocks:
+        for host, rule in block.destination_rules.items():
+            if host in known:
+                issues += _check_subsets(sc, (*where, "destinationRules", host), host, rule)
+        for host, vs in block.virtual_services.items():
+            for k, http in enumerate(vs.http):
+                if host in known and http.route is not None:
+                    at = (*where, "virtualServices", host, "http", k, "route")
+                    issues += _check_route(sc, at, host, http.route, gateway)
     return issues
 
 
