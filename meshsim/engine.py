@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from heapq import heappush
 from typing import Any
@@ -40,9 +41,9 @@ from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy
 from .result import Result
 from .router import Router
-from .scenario import BurstyErrors, Call, Scenario
+from .scenario import BurstyErrors, Call, Deployment, Scenario, selects
 from .service import GatewayPod, Pod, bursty_state
-from .sidecar import Cluster
+from .sidecar import Cluster, WeightedClusters
 from .workload import ClientDriver
 
 __all__ = ["Attempt", "Engine", "simulate"]
@@ -109,6 +110,8 @@ class Engine:
         self.respond_cb = (self._respond,)
         self.clients: list[ClientDriver] = []
         self.pods: dict[str, list[Any]] = {}
+        #: Labels of each service's pods, in the order of ``pods`` (subsets select by them).
+        self.pod_labels: dict[str, list[dict[str, str]]] = defaultdict(list)
         self._samplers: dict[str, Callable[[], float]] = {}
         # Records hold small integer codes; the names become categories when collected.
         self.nodes = Names(["client"])
@@ -259,24 +262,10 @@ class Engine:
         sc = self.scenario
         streams = self.streams
         for name, svc in sc.services.items():
-            latency = self._sampler(f"latency:{name}", svc.latency)
             pods = []
-            for i in range(svc.replicas):
-                pod_name = f"{name}-{i}"
-                error = self._error_fn(f"{name}:{pod_name}", f"errors:{name}", svc.errors)
-                pod = Pod(self, pod_name, svc.workers, svc.queue, latency, error,
-                          svc.downstream_error_status)
-                pod.service = self.nodes.code(name)
-                pod.code = self.hosts.code(pod_name)
-                pod.inbound = self._inbound_pool(name)
-                adaptive = sc.mesh.sidecars.get(name)
-                if adaptive is not None and adaptive.adaptive_concurrency is not None:
-                    pod.adaptive = GradientController(
-                        GradientControllerConfig.from_envoy(adaptive.adaptive_concurrency),
-                        streams.uniform(f"adaptive:{pod_name}"))
-                    if pod.inbound is None:  # the filters run in the sidecar's inbound path
-                        pod.inbound = ConnectionPool(1, PoolConfig.istio_default())
-                pods.append(pod)
+            for dep in svc.deployments():
+                pods += self._deployment(name, dep)
+                self.pod_labels[name] += [dep.labels] * dep.replicas
             self.pods[name] = pods
         for name, ext in sc.external_services.items():
             latency = self._sampler(f"latency:{name}", ext.latency)
@@ -293,7 +282,7 @@ class Engine:
                              for ext in sc.external_services}
         entries = dict.fromkeys(cl.entry for cl in sc.workload if cl.via_ingress)
         for gw in self.pods["ingress"]:
-            gw.routes = {entry: self._cluster(gw.name, "ingress", entry) for entry in entries}
+            gw.routes = {entry: self._route(gw.name, "ingress", entry) for entry in entries}
         for name, svc in sc.services.items():
             uniform = None
             if any(c.probability < 1.0 for step in svc.calls for c in _calls(step)):
@@ -313,7 +302,7 @@ class Engine:
                         label, route_to = self._upstream(name, c.to)
                         key = label if route_to is None else f"{label}:{route_to}"
                         if key not in clusters:
-                            clusters[key] = self._cluster(pod.name, name, c.to)
+                            clusters[key] = self._route(pod.name, name, c.to)
                         calls.append((clusters[key], c.probability, c.optional, route_to))
                     steps.append((not isinstance(step, Call), tuple(calls)))
                 pod.steps = tuple(steps)
@@ -344,6 +333,50 @@ class Engine:
             )
             self.clients.append(driver)
 
+    def _deployment(self, name: str, dep: Deployment) -> list[Pod]:
+        """The pods of one deployment of service ``name``.
+
+        A version draws from the service's random streams for what it shares with the service
+        and from streams of its own (``latency:reviews|v2``) for what it sets itself, so a
+        service without versions sees exactly the draws it always did.
+        """
+        version = self.scenario.services[name].versions.get(dep.version or "")
+
+        def stream(field: str) -> str:
+            own = version is not None and getattr(version, field) is not None
+            return f"{field}:{name}|{dep.version}" if own else f"{field}:{name}"
+
+        key = stream("latency")
+        if key not in self._samplers:
+            self._samplers[key] = self._sampler(key, dep.latency)
+        latency = self._samplers[key]
+        pods = []
+        for pod_name in dep.pod_names(name):
+            error = self._error_fn(f"{name}:{pod_name}", stream("errors"), dep.errors)
+            pod = Pod(self, pod_name, dep.workers, dep.queue, latency, error,
+                      dep.downstream_error_status)
+            pod.service = self.nodes.code(name)
+            pod.code = self.hosts.code(pod_name)
+            self._pod_sidecar(pod, name)
+            pods.append(pod)
+        return pods
+
+    def _pod_sidecar(self, pod: Pod, service: str) -> None:
+        """The pod's own sidecar: its inbound limits and filters (``mesh.sidecars``).
+
+        Its limits are the service's, whatever the pod's version: istiod builds the inbound
+        cluster from the service's ``DestinationRule`` (its top-level ``connectionPool``) or
+        the ``Sidecar``; subsets shape the callers' clusters only.
+        """
+        pod.inbound = self._inbound_pool(service)
+        sidecar = self.scenario.mesh.sidecars.get(service)
+        if sidecar is not None and sidecar.adaptive_concurrency is not None:
+            pod.adaptive = GradientController(
+                GradientControllerConfig.from_envoy(sidecar.adaptive_concurrency),
+                self.streams.uniform(f"adaptive:{pod.name}"))
+            if pod.inbound is None:  # the filters run in the sidecar's inbound path
+                pod.inbound = ConnectionPool(1, PoolConfig.istio_default())
+
     def _gateways(self, kind: str, replicas: int) -> None:
         pods = []
         for i in range(replicas):
@@ -365,25 +398,55 @@ class Engine:
             return "egress", dest
         return dest, None
 
-    def _cluster(self, proxy: str, source: str, dest: str) -> Cluster:
-        """The cluster for ``dest`` as seen by the proxy of pod ``proxy`` (of ``source``)."""
+    def _route(self, proxy: str, source: str, dest: str) -> Cluster | WeightedClusters:
+        """Where the proxy of pod ``proxy`` (of ``source``) sends requests for ``dest``: the
+        cluster of the route's destination, or with several, a pick among their clusters in
+        proportion to the weights, from the proxy's own stream (Envoy's ``weighted_clusters``).
+        """
+        gateway = source if source in ("ingress", "egress") else None
+        if self._upstream(source, dest)[0] != dest:
+            return self._cluster(proxy, source, dest)  # to the egress gateway: no subsets
+        weights: dict[str | None, int] = {}
+        for subset, weight in self.scenario.route_destinations(dest, gateway):
+            if weight > 0:  # a destination of weight 0 gets no request
+                weights[subset] = weights.get(subset, 0) + weight
+        if len(weights) == 1:
+            return self._cluster(proxy, source, dest, next(iter(weights)))
+        clusters = [self._cluster(proxy, source, dest, subset) for subset in weights]
+        return WeightedClusters(clusters, list(weights.values()),
+                                self.streams.uniform(f"route:{proxy}->{dest}"))
+
+    def _subset_hosts(self, host: str, subset: str, gateway: str | None) -> list[Any]:
+        """The pods of ``host`` that its rule's ``subset`` selects by their labels."""
+        rule = self.scenario.destination_rule(host, gateway)
+        selector = rule.subset(subset).labels
+        return [pod for pod, labels in zip(self.pods[host], self.pod_labels[host], strict=True)
+                if selects(selector, labels)]
+
+    def _cluster(self, proxy: str, source: str, dest: str, subset: str | None = None) -> Cluster:
+        """The cluster for ``dest`` (or its ``subset``) as seen by the proxy of pod ``proxy``
+        (of ``source``)."""
         sc = self.scenario
         label, route_to = self._upstream(source, dest)
         key = label if route_to is None else f"{label}:{route_to}"
         hosts = self.pods[label]
         gateway = source if source in ("ingress", "egress") else None
-        policy = sc.lb_policy(label, gateway)
+        if subset is not None:
+            hosts = self._subset_hosts(label, subset, gateway)
+            key = f"{key}|{subset}"
+        policy = sc.lb_policy(label, gateway, subset)
         uniform = self.streams.uniform(f"lb:{proxy}->{key}") if len(hosts) > 1 else None
         # The hop overhead is that of two proxies; a hop with a proxy at one end only (a client
         # without a sidecar, an external host) pays the network alone.
         mesh_hop = not source.startswith("client") and label not in sc.external_services
         out = self._hop_out(source, label, mesh_hop)
-        cl = Cluster(proxy, label, self.nodes.code(label), hosts, policy, uniform, out,
+        name = label if subset is None else f"{label}|{subset}"
+        cl = Cluster(proxy, name, self.nodes.code(label), hosts, policy, uniform, out,
                      self._net(source, label))
         cl.respond_cb = self.respond_cb
         cl.send = self._send_lean
         if not source.startswith("client"):
-            self._policies(cl, f"{proxy}->{key}", dest, gateway, source)
+            self._policies(cl, f"{proxy}->{key}", dest, gateway, source, subset)
         self.clusters.append(cl)
         return cl
 
@@ -416,7 +479,7 @@ class Engine:
         return gw.breakers.get(dest) if gw is not None else None
 
     def _policies(self, cl: Cluster, stream: str, dest: str, gateway: str | None,
-                  source: str) -> None:
+                  source: str, subset: str | None = None) -> None:
         """Attach the Istio/Envoy policies this proxy applies to the cluster ``cl``.
 
         The Istio blocks are translated as istiod translates them (``from_istio`` of each
@@ -427,7 +490,7 @@ class Engine:
         istio = sc.mesh.istio_defaults
         # Calls to the egress gateway use its (default) settings; the external host's rules
         # and routes apply where the request goes to that host.
-        tp = sc.traffic_policy(cl.dest, gateway) if cl.dest != "egress" else TrafficPolicy()
+        tp = sc.traffic_policy(dest, gateway, subset) if cl.dest != "egress" else TrafficPolicy()
         route = sc.http_route(dest, gateway)
         retry = RetryPolicy.from_istio(istio_dict(route), istio_defaults=istio)
         pool_cfg = PoolConfig.from_istio(

@@ -50,7 +50,7 @@ import yaml
 
 from ._base import Model
 from .errors import Issue, ScenarioError
-from .istio import DestinationRule, VirtualService
+from .istio import DestinationRule, HTTPRoute, HTTPRouteDestination, Subset, VirtualService
 from .output import atomic_dir
 from .scenario import Scenario, SidecarResource
 from .units import parse_duration
@@ -250,6 +250,8 @@ class _Exporter:
         spec: dict[str, Any] = {"host": self._fqdn(host)}
         if rule.traffic_policy is not None:
             spec["trafficPolicy"] = istio_block(rule.traffic_policy)
+        if rule.subsets:
+            spec["subsets"] = [_subset(s) for s in rule.subsets]
         if gateway is None:
             name, namespace, source = host, self.ns, f"mesh.destinationRules.{host}"
         else:
@@ -385,12 +387,38 @@ def _with_durations(plain: Any, text: Any) -> Any:
     return text
 
 
-def _http_route(route: Model, dest: dict[str, Any]) -> dict[str, Any]:
+def _subset(subset: Subset) -> dict[str, Any]:
+    """A ``subsets[]`` entry; labels only when it has some (empty selects every pod)."""
+    block = istio_block(subset)
+    if not block.get("labels"):
+        block.pop("labels", None)
+    return block
+
+
+def _http_route(route: HTTPRoute, dest: dict[str, Any]) -> dict[str, Any]:
     # Istio's usual order: name, match, route, then the policies.
     block = istio_block(route)
+    block.pop("route", None)
     out = {"name": block.pop("name")} if "name" in block else {}
-    out["route"] = [copy.deepcopy(dest)]  # shared objects would become YAML aliases
+    if route.route is None:
+        out["route"] = [copy.deepcopy(dest)]  # shared objects would become YAML aliases
+    else:
+        out["route"] = [_route_destination(d, dest) for d in route.route]
     out.update(block)
+    return out
+
+
+def _route_destination(route: HTTPRouteDestination, dest: dict[str, Any]) -> dict[str, Any]:
+    """One weighted destination: the host as the export names it (``dest``), with the
+    scenario's subset, port and weight."""
+    out = copy.deepcopy(dest)
+    target = out["destination"]
+    if route.destination.subset is not None:
+        target["subset"] = route.destination.subset
+    if route.destination.port is not None:
+        target["port"] = {"number": route.destination.port.number}
+    if route.weight is not None:
+        out["weight"] = route.weight
     return out
 
 

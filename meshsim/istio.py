@@ -22,15 +22,19 @@ from .units import NonNegDuration, PosDuration
 
 __all__ = [
     "ConnectionPoolSettings",
+    "Destination",
     "DestinationRule",
     "HTTPRetry",
     "HTTPRoute",
+    "HTTPRouteDestination",
     "LoadBalancerSettings",
     "OutlierDetection",
     "RetryBudget",
+    "Subset",
     "TrafficPolicy",
     "VirtualService",
     "istio_dict",
+    "merge_traffic_policy",
 ]
 
 Count = Annotated[int, Field(ge=0)]
@@ -153,10 +157,54 @@ class TrafficPolicy(Model):
     retry_budget: RetryBudget | None = None
 
 
+def merge_traffic_policy(top: TrafficPolicy | None, subset: TrafficPolicy | None,
+                         ) -> TrafficPolicy | None:
+    """The policy of a subset's cluster: the rule's ``trafficPolicy`` with each block the
+    subset sets replacing the rule's block of that name, whole.
+
+    This is istiod's merge (``MergeTrafficPolicy`` in ``pilot/pkg/model/destination_rule.go``,
+    used through ``MergeSubsetTrafficPolicy`` in ``pilot/pkg/networking/util/util.go``):
+    ``connectionPool``, ``outlierDetection``, ``loadBalancer``, ``tls`` and ``retryBudget`` are
+    taken from the subset when it sets them, else from the rule. Blocks are not merged inside:
+    a subset's ``connectionPool: {http: {...}}`` drops the rule's ``connectionPool.tcp``.
+    """
+    if subset is None:
+        return top
+    if top is None:
+        return subset
+    own = {name for name in type(subset).model_fields if getattr(subset, name) is not None}
+    return top.model_copy(update={name: getattr(subset, name) for name in own})
+
+
+#: A subset name as Istio validates it (``labels.IsDNS1123Label``).
+SubsetName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+
+
+class Subset(Model):
+    """``DestinationRule.spec.subsets[]``: a named group of the host's pods, each subset being
+    an Envoy cluster of its own (``outbound|80|v2|reviews...``) with its own connection pool,
+    outlier detector and load balancer at every client proxy."""
+
+    name: SubsetName
+    """Name routes refer to (``destination.subset``); a DNS label such as ``v2``."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Pod labels the subset selects (all must match); pods of a version carry
+    ``version: <name of the version>``. Empty: every pod of the host."""
+    traffic_policy: TrafficPolicy | None = None
+    """Overrides the rule's ``trafficPolicy`` block by block (``connectionPool``,
+    ``outlierDetection``, ``loadBalancer``, ``retryBudget``), as istiod merges them."""
+
+
 class DestinationRule(Model):
     """``DestinationRule.spec`` for one host: what every client proxy applies when calling it."""
 
     traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] = Field(default_factory=list)
+    """Named groups of the host's pods that routes can send to (see ``virtualServices``)."""
+
+    def subset(self, name: str) -> Subset | None:
+        """The subset called ``name``, or None."""
+        return next((s for s in self.subsets if s.name == name), None)
 
 
 class HTTPRetry(Model):
@@ -178,10 +226,42 @@ class HTTPRetry(Model):
     """Base retry back-off (default 25 ms; the cap is 10 × base)."""
 
 
+class PortSelector(Model):
+    """``destination.port`` (accepted; every service has one port in meshsim)."""
+
+    number: Annotated[int, Field(ge=1, le=65535)]
+    """The port number."""
+
+
+class Destination(Model):
+    """``http[].route[].destination``: where the route sends a request."""
+
+    host: str
+    """The host of the ``VirtualService`` itself (its scenario name, or
+    ``<name>.<namespace>[.svc.cluster.local]``): routing to another host is not simulated."""
+    subset: str | None = None
+    """A subset of the host's ``DestinationRule``; unset: every pod of the host."""
+    port: PortSelector | None = None
+    """Accepted for copy-paste compatibility (services have one port in meshsim)."""
+
+
+class HTTPRouteDestination(Model):
+    """``http[].route[]``: a destination and its share of the requests."""
+
+    destination: Destination
+    weight: Percent100 | None = None
+    """Share of requests in percent; the weights of several destinations must add up to 100
+    (as Istio validates them). A single destination gets every request whatever its weight."""
+
+
 class HTTPRoute(Model):
     """One ``VirtualService.spec.http[]`` route (meshsim applies the first route of a host)."""
 
     name: str | None = None
+    route: list[HTTPRouteDestination] | None = Field(default=None, min_length=1)
+    """Destinations, each request going to one of them at random in proportion to the weights;
+    its retries stay on the destination it went to (Envoy's ``weighted_clusters``). Unset:
+    every pod of the host."""
     timeout: NonNegDuration | None = None
     """Route timeout covering all tries and back-off (Istio default: none; plain Envoy: 15 s)."""
     retries: HTTPRetry | None = None

@@ -172,7 +172,8 @@ class Result:
         """The headline figures after warm-up; see :func:`meshsim.metrics.summary`."""
         sc = self.scenario
         order = ["ingress", *sc.services, "egress", *sc.external_services]
-        workers = {name: float(s.replicas * s.workers) for name, s in sc.services.items()}
+        workers = {name: float(sum(d.replicas * d.workers for d in s.deployments()))
+                   for name, s in sc.services.items()}
         workers.update({name: float(e.concurrency) for name, e in sc.external_services.items()
                         if e.concurrency is not None})
         return metrics.summary(self.requests, self.in_flight, self.meta, order, workers)

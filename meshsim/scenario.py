@@ -10,6 +10,7 @@ services, cycles in the call graph, warm-up longer than the run). Every problem 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,8 +47,10 @@ from .istio import (
     ConnectionPoolSettings,
     DestinationRule,
     HTTPRoute,
+    HTTPRouteDestination,
     TrafficPolicy,
     VirtualService,
+    merge_traffic_policy,
 )
 from .policies.adaptive import AdmissionControlConfig, GradientControllerConfig
 from .units import NonNegDuration, PosDuration, Probability
@@ -191,6 +194,60 @@ Step = Annotated[
 # --------------------------------------------------------------------------------------------
 
 
+#: A version name: a Kubernetes label value (it becomes the pods' ``version`` label and part of
+#: their names, ``reviews-v2-0``).
+VersionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+
+
+class Version(Model):
+    """One version of a service: its own Kubernetes deployment behind the service's host.
+
+    Its pods carry the labels ``version: <name>`` plus ``labels``; a ``DestinationRule`` subset
+    selects them by these labels. Every field left out is the service's.
+    """
+
+    replicas: PositiveInt | None = None
+    """Pods of this version (unset: the service's ``replicas``)."""
+    workers: PositiveInt | None = None
+    """Workers of each pod (unset: the service's)."""
+    queue: Annotated[int, Field(ge=0)] | None = None
+    """Waiting room of each pod (unset: the service's)."""
+    latency: Distribution | None = None
+    """Service time per request (unset: the service's)."""
+    errors: ErrorModel | None = None
+    """How this version's work fails (unset: the service's; ``{rate: 0}`` never fails)."""
+    downstream_error_status: Annotated[int, Field(ge=400, le=599)] | None = None
+    """Status answered when a required downstream call fails (unset: the service's)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """More labels of this version's pods (``version`` is set from the version's name)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _version_label(cls, value: dict[str, str]) -> dict[str, str]:
+        if "version" in value:
+            raise ValueError("the version label is the version's own name; remove 'version'")
+        return value
+
+
+class Deployment(Model):
+    """A group of identical pods of a service, with every setting resolved: the service itself,
+    or one of its versions (see :meth:`Service.deployments`)."""
+
+    version: str | None
+    replicas: int
+    workers: int
+    queue: int | None
+    latency: Distribution
+    errors: ErrorModel | None
+    downstream_error_status: int
+    labels: dict[str, str]
+
+    def pod_names(self, service: str) -> list[str]:
+        """``reviews-0``, ... for the service; ``reviews-v2-0``, ... for its version ``v2``."""
+        prefix = service if self.version is None else f"{service}-{self.version}"
+        return [f"{prefix}-{i}" for i in range(self.replicas)]
+
+
 class Service(Model):
     """A service: ``replicas`` pods, each with a pool of ``workers`` and an optional queue.
 
@@ -216,10 +273,33 @@ class Service(Model):
     ``{parallel: [{to: a}, {to: b}]}``."""
     downstream_error_status: Annotated[int, Field(ge=400, le=599)] = 500
     """Status the app answers with when a required downstream call fails."""
+    versions: dict[VersionName, Version] = Field(default_factory=dict)
+    """Versions running behind the service's host, each a deployment of its own
+    (``{v1: {replicas: 2}, v2: {replicas: 1, errors: {rate: 0.1}}}``); each field a version
+    leaves out is the service's. Unset: one deployment of unlabelled pods."""
+
     breakers: dict[str, BreakerSpec] = Field(default_factory=dict)
     """App-level circuit breakers in this service's code, by the destination they guard (one
     per pod): ``{kind: resilience4j | hystrix | polly | consecutive | custom, ...}``; see
     :mod:`meshsim.app_breakers`."""
+
+    def deployments(self) -> list[Deployment]:
+        """The service's pods as deployments, with the service's settings where a version is
+        silent: one unlabelled deployment without versions."""
+        if not self.versions:
+            return [self._deployment(None, Version())]
+        return [self._deployment(name, v) for name, v in self.versions.items()]
+
+    def _deployment(self, name: str | None, v: Version) -> Deployment:
+        def own(field: str) -> Any:
+            value = getattr(v, field)
+            return getattr(self, field) if value is None else value
+
+        labels = {} if name is None else {**v.labels, "version": name}
+        return Deployment(
+            version=name, replicas=own("replicas"), workers=own("workers"), queue=own("queue"),
+            latency=own("latency"), errors=own("errors"),
+            downstream_error_status=own("downstream_error_status"), labels=labels)
 
 
 class ExternalService(Model):
@@ -381,8 +461,8 @@ class Scenario(Model):
 
     # ---- derived settings (the defaults that depend on other fields live here too) ----------
 
-    def traffic_policy(self, host: str, gateway: str | None = None) -> TrafficPolicy:
-        """The ``trafficPolicy`` a client proxy applies to ``host`` (empty if none is set).
+    def destination_rule(self, host: str, gateway: str | None = None) -> DestinationRule | None:
+        """The ``DestinationRule`` a client proxy applies to ``host``, if any.
 
         ``gateway`` (``"ingress"`` / ``"egress"``) selects that gateway's own rules first.
         """
@@ -391,9 +471,17 @@ class Scenario(Model):
             rule = self._gateway(gateway).destination_rules.get(host)
         if rule is None:
             rule = self.mesh.destination_rules.get(host)
-        if rule is None or rule.traffic_policy is None:
-            return TrafficPolicy()
-        return rule.traffic_policy
+        return rule
+
+    def traffic_policy(self, host: str, gateway: str | None = None,
+                       subset: str | None = None) -> TrafficPolicy:
+        """The ``trafficPolicy`` a client proxy applies to ``host`` (empty if none is set), or
+        to its ``subset``: the rule's policy with the subset's blocks in place of its own."""
+        rule = self.destination_rule(host, gateway)
+        policy = rule.traffic_policy if rule is not None else None
+        if subset is not None and rule is not None and rule.subset(subset) is not None:
+            policy = merge_traffic_policy(policy, rule.subset(subset).traffic_policy)
+        return TrafficPolicy() if policy is None else policy
 
     def inbound_connection_pool(self, service: str) -> ConnectionPoolSettings | None:
         """The ``connectionPool`` the sidecar of each pod of ``service`` applies to requests
@@ -420,9 +508,21 @@ class Scenario(Model):
         vs = services.get(host)
         return vs.http[0] if vs is not None else None
 
-    def lb_policy(self, host: str, gateway: str | None = None) -> str:
+    def route_destinations(self, host: str, gateway: str | None = None,
+                           ) -> list[tuple[str | None, int]]:
+        """Where a client proxy's requests for ``host`` go: ``(subset, weight)`` pairs of the
+        first ``http`` route (subset None: every pod of the host). One pair with weight 100 when
+        the route has no destinations or one; the weights of several add up to 100."""
+        route = self.http_route(host, gateway)
+        if route is None or route.route is None:
+            return [(None, 100)]
+        if len(route.route) == 1:
+            return [(route.route[0].destination.subset, 100)]
+        return [(d.destination.subset, d.weight or 0) for d in route.route]
+
+    def lb_policy(self, host: str, gateway: str | None = None, subset: str | None = None) -> str:
         """The load-balancing policy callers use for ``host`` (Istio or Envoy default if unset)."""
-        lb = self.traffic_policy(host, gateway).load_balancer
+        lb = self.traffic_policy(host, gateway, subset).load_balancer
         simple = lb.simple if lb is not None else None
         if simple is None or simple == "UNSPECIFIED":
             simple = "LEAST_REQUEST" if self.mesh.istio_defaults else "ROUND_ROBIN"
@@ -678,6 +778,124 @@ def cross_check(sc: Scenario) -> list[Issue]:
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))
+    issues += _check_routing(sc)
+    issues += _check_pod_names(sc)
+    return issues
+
+
+def _check_routing(sc: Scenario) -> list[Issue]:
+    """Subsets of the rules and destinations of the routes, at the sidecars and gateways."""
+    blocks: list[tuple[tuple[str, ...], Mesh | Gateway, str | None]] = [
+        (("mesh",), sc.mesh, None),
+        (("mesh", "ingressGateway"), sc.mesh.ingress_gateway, "ingress")]
+    if sc.mesh.egress_gateway is not None:
+        blocks.append((("mesh", "egressGateway"), sc.mesh.egress_gateway, "egress"))
+    known = set(sc.services) | set(sc.external_services)
+    issues: list[Issue] = []
+    for where, block, gateway in blocks:
+        for host, rule in block.destination_rules.items():
+            if host in known:
+                issues += _check_subsets(sc, (*where, "destinationRules", host), host, rule)
+        for host, vs in block.virtual_services.items():
+            for k, http in enumerate(vs.http):
+                if host in known and http.route is not None:
+                    at = (*where, "virtualServices", host, "http", k, "route")
+                    issues += _check_route(sc, at, host, http.route, gateway)
+    return issues
+
+
+def _pod_labels(sc: Scenario, host: str) -> list[dict[str, str]]:
+    """The label sets of ``host``'s pods, one per deployment (an external host has none)."""
+    svc = sc.services.get(host)
+    return [{}] if svc is None else [d.labels for d in svc.deployments()]
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a subset's ``labels`` select a pod with ``labels`` (every pair must match)."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _check_subsets(sc: Scenario, at: tuple[str, ...], host: str,
+                   rule: DestinationRule) -> list[Issue]:
+    issues: list[Issue] = []
+    pods = _pod_labels(sc, host)
+    seen: set[str] = set()
+    for i, subset in enumerate(rule.subsets):
+        if subset.name in seen:
+            issues.append(Issue((*at, "subsets", i, "name"),
+                                f"duplicate subset name {subset.name!r}"))
+        seen.add(subset.name)
+        if not any(selects(subset.labels, labels) for labels in pods):
+            carried = sorted({f"{k}={v}" for labels in pods for k, v in labels.items()})
+            have = (f"its pods carry {', '.join(carried)}" if carried else
+                    "its pods have no labels: give the service versions")
+            issues.append(Issue((*at, "subsets", i, "labels"),
+                                f"selects no pod of {host!r} ({have})"))
+    return issues
+
+
+def _check_route(sc: Scenario, at: tuple[str | int, ...], host: str,
+                 route: list[HTTPRouteDestination], gateway: str | None) -> list[Issue]:
+    issues: list[Issue] = []
+    rule = sc.destination_rule(host, gateway)
+    names = {s.name for s in rule.subsets} if rule is not None else set()
+    for j, dest in enumerate(route):
+        d = dest.destination
+        path = (*at, j, "destination")
+        if not _is_host(d.host, host, host in sc.services):
+            issues.append(Issue((*path, "host"), f"routes to {d.host!r}: routing to another host "
+                                f"is not simulated (a route of {host!r} sends to {host!r}, or to "
+                                "subsets of it)"))
+        elif d.subset is None:
+            continue
+        elif host in sc.external_services:
+            issues.append(Issue((*path, "subset"), "subsets of external services are not "
+                                "simulated (an external host is one endpoint)"))
+        elif d.subset not in names:
+            issues.append(Issue((*path, "subset"), _unknown(d.subset, names, "subset") if names
+                                else f"unknown subset {d.subset!r}: {_rule_of(sc, host, gateway)}"
+                                " has no subsets"))
+    total = sum(dest.weight or 0 for dest in route)
+    if len(route) > 1 and total != 100:
+        issues.append(Issue(at, f"total destination weight {total} != 100 (the weights of "
+                            "several destinations must add up to 100, as Istio validates them)"))
+    return issues
+
+
+def _rule_of(sc: Scenario, host: str, gateway: str | None) -> str:
+    """Which rule a proxy applies to ``host``, in words, for messages."""
+    if gateway is not None and host in sc._gateway(gateway).destination_rules:
+        return (f"the {gateway} gateway's own rule mesh.{gateway}Gateway.destinationRules.{host} "
+                "(which replaces the mesh's)")
+    if host in sc.mesh.destination_rules:
+        return f"mesh.destinationRules.{host}"
+    return f"there is no DestinationRule for {host!r}, so it"
+
+
+def _is_host(name: str, host: str, in_mesh: bool) -> bool:
+    """Whether ``name`` names ``host``: as written, or for a service in the mesh, with its
+    namespace (``reviews.shop``, ``reviews.shop.svc.cluster.local``) as manifests write it."""
+    if name == host:
+        return True
+    return in_mesh and re.fullmatch(rf"{re.escape(host)}\.[a-z0-9-]+(\.svc\.cluster\.local)?",
+                                    name) is not None
+
+
+def _check_pod_names(sc: Scenario) -> list[Issue]:
+    """Pod names are unique: a version's ``reviews-v2-0`` may not be a pod of ``reviews-v2``."""
+    owner: dict[str, str] = dict.fromkeys(sc.external_services, "")
+    issues: list[Issue] = []
+    for name, svc in sc.services.items():
+        for dep in svc.deployments():
+            for pod in dep.pod_names(name):
+                other = owner.setdefault(pod, name)
+                if other != name:
+                    path = ("services", name) if dep.version is None else (
+                        "services", name, "versions", dep.version)
+                    what = f"a pod of service {other!r}" if other else "an external service"
+                    issues.append(Issue(path, f"pod name {pod!r} is also {what}: rename the "
+                                        "version or the service"))
+                    break
     return issues
 
 

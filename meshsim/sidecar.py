@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Cluster", "make_picker"]
+__all__ = ["Cluster", "WeightedClusters", "make_picker"]
 
 
 class Cluster:
@@ -22,7 +22,9 @@ class Cluster:
     proxy : str
         The calling pod or gateway pod (e.g. ``frontend-1``), for stats and events.
     dest : str
-        The ``destination`` of request records (a service, ``egress``, or an external host).
+        The cluster in stats and events: the ``destination`` of request records (a service,
+        ``egress``, or an external host), or ``reviews|v2`` for the subset ``v2`` of ``reviews``
+        (Envoy's ``outbound|80|v2|reviews...``), a cluster of its own.
     code : int
         Its code in the engine's table of node names (records store codes).
     hosts : list
@@ -137,6 +139,44 @@ class Cluster:
             self.in_panic = panic
             self.events.append((now, "panic_enter" if panic else "panic_exit", -1,
                                 f"{len(healthy)} of {n} hosts healthy"))
+
+
+class WeightedClusters:
+    """A route's weighted destinations at one proxy (Envoy's ``weighted_clusters``).
+
+    Pods call :meth:`send` as they call a cluster's ``send``: it picks one of the clusters, each
+    with probability weight / total, and hands the call to it. The call, its retries included,
+    then stays on that cluster (``../shared/envoy-semantics.md`` §6.1).
+
+    Parameters
+    ----------
+    clusters : list of Cluster
+    weights : list of int
+        Positive weights, in the order of ``clusters``.
+    uniform : callable
+        U[0, 1) draws from this proxy's own stream for this route.
+    """
+
+    __slots__ = ("clusters", "thresholds", "uniform")
+
+    def __init__(self, clusters: list[Cluster], weights: list[int],
+                 uniform: Callable[[], float]):
+        total = sum(weights)
+        bounds, acc = [], 0
+        for w in weights:
+            acc += w
+            bounds.append(acc / total)
+        bounds[-1] = 1.0  # rounding can never leave a draw without a cluster
+        self.clusters = clusters
+        self.thresholds = tuple(zip(bounds, clusters, strict=True))
+        self.uniform = uniform
+
+    def send(self, parent: Any, cluster: Any, optional: bool, route_to: str | None) -> None:
+        u = self.uniform()
+        for bound, cl in self.thresholds:
+            if u < bound:
+                cl.send(parent, cl, optional, route_to)
+                return
 
 
 def make_picker(

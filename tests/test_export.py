@@ -280,6 +280,30 @@ def test_hosts_and_destinations():
     assert gw_rule["spec"]["host"] == "front.shop.svc.cluster.local"
 
 
+def test_subsets_and_weighted_destinations():
+    sc = load_scenario(ROOT / "tests" / "cases" / "valid" / "versions-subsets.yaml")
+    found = by_source(istio_manifests(sc, "shop"))
+    rule = found["mesh.destinationRules.reviews"]["spec"]
+    assert [s["name"] for s in rule["subsets"]] == ["v1", "v2", "all"]
+    assert rule["subsets"][0] == {"name": "v1", "labels": {"version": "v1"}}
+    assert rule["subsets"][1]["trafficPolicy"]["outlierDetection"]["interval"] == "1s"
+    assert rule["subsets"][2] == {"name": "all"}  # no labels: every pod
+    host = "reviews.shop.svc.cluster.local"
+    assert found["mesh.virtualServices.reviews"]["spec"]["http"][0]["route"] == [
+        {"destination": {"host": host, "subset": "v1"}, "weight": 80},
+        {"destination": {"host": host, "subset": "v2", "port": {"number": 9080}}, "weight": 20},
+        {"destination": {"host": host, "subset": "all"}, "weight": 0},
+    ]
+    gateway = found["mesh.ingressGateway.virtualServices.productpage"]["spec"]
+    assert gateway["gateways"] == ["ingress-gateway"]
+    assert [(d["destination"]["subset"], d["weight"]) for d in gateway["http"][0]["route"]] == [
+        ("stable", 95), ("canary", 5)]
+    gw_rule = found["mesh.ingressGateway.destinationRules.productpage"]["spec"]
+    assert [s["name"] for s in gw_rule["subsets"]] == ["stable", "canary"]
+    for m in found.values():
+        assert round_trip(m) == m
+
+
 def test_service_entries():
     entries = [m for m in istio_manifests(policies()) if m["kind"] == "ServiceEntry"]
     assert [m["spec"] for m in entries] == [
@@ -377,16 +401,27 @@ def mesh_from_manifests(manifests: list[dict[str, Any]], namespace: str) -> dict
             labels = spec.get("workloadSelector", {}).get("matchLabels", {})
             where = selectors.get(labels.get("istio", ""))
             host = spec["host"].removesuffix(suffix)
-            block = {"trafficPolicy": spec["trafficPolicy"]} if "trafficPolicy" in spec else {}
+            block = {k: spec[k] for k in ("trafficPolicy", "subsets") if k in spec}
             _section(mesh, where, "destinationRules")[host] = block
         elif m["kind"] == "VirtualService" and "http" in spec:
             if not m["metadata"]["annotations"][export.SOURCE_ANNOTATION].startswith("mesh."):
                 continue
             where = gateways[spec["gateways"][0]] if "gateways" in spec else None
-            routes = [{k: v for k, v in r.items() if k not in ("route", "match")}
-                      for r in spec["http"]]
+            routes = [_route_back(r, suffix) for r in spec["http"]]
             _section(mesh, where, "virtualServices")[spec["hosts"][0]] = {"http": routes}
     return mesh
+
+
+def _route_back(route: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """An ``http`` route as the scenario writes it: the destinations kept only where they say
+    more than the host (a subset, a weight, a port the export did not make up), hosts short."""
+    out = {k: v for k, v in route.items() if k not in ("route", "match")}
+    dests = copy.deepcopy(route["route"])
+    for d in dests:
+        d["destination"]["host"] = d["destination"]["host"].removesuffix(suffix)
+    if len(dests) > 1 or "weight" in dests[0] or "subset" in dests[0]["destination"]:
+        out["route"] = dests
+    return out
 
 
 def _section(mesh: dict[str, Any], gateway: str | None, field: str) -> dict[str, Any]:

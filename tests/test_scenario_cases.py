@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 import meshsim
 from meshsim import distributions as dist
+from meshsim import istio
 from meshsim import scenario as model
 from meshsim.errors import ScenarioError
 from meshsim.scenario import load_scenario, loads_scenario, parse_overrides
@@ -174,6 +175,9 @@ def test_valid_cases_cover_every_feature():
         model.TraceRate,
         model.PoissonArrivals,
         model.ClosedArrivals,
+        model.Version,
+        istio.Subset,
+        istio.HTTPRouteDestination,
     }
     assert wanted <= kinds, f"not covered: {sorted(k.__name__ for k in wanted - kinds)}"
 
