@@ -24,8 +24,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, Tag, model_validator
 from pydantic.functional_validators import field_validator
@@ -139,16 +138,32 @@ class _Common(Model):
 # ---- built-in kinds ------------------------------------------------------------------------
 
 
-def _config_check(build: Callable[[], Any]) -> None:
-    # The library's own validation (the config dataclasses' __post_init__), reported on the
-    # block; a ValueError inside a validator becomes a scenario error with this block's path.
-    build()
+class _LibrarySpec(_Common):
+    """A built-in kind: its settings are the fields of the library's config dataclass."""
+
+    _breaker: ClassVar[type]
+    _config_type: ClassVar[type]
+
+    def make(self) -> Breaker:
+        return self._breaker(self._config())
+
+    def _config(self) -> Any:
+        return self._config_type(**self.model_dump(exclude={"kind", "when_open", "failures"}))
+
+    @model_validator(mode="after")
+    def _valid(self) -> _LibrarySpec:
+        # The library's own validation (the config dataclasses' __post_init__), reported on
+        # the block: a ValueError in a validator becomes a scenario error with its path.
+        self._config()
+        return self
 
 
-class Resilience4jSpec(_Common):
+class Resilience4jSpec(_LibrarySpec):
     """resilience4j ``CircuitBreakerConfig`` (its names; durations as ``60s``)."""
 
     kind: Literal["resilience4j"] = "resilience4j"
+    _breaker: ClassVar[type] = Resilience4j
+    _config_type: ClassVar[type] = Resilience4jConfig
     failure_rate_threshold: Annotated[float, Field(gt=0, le=100)] = 50.0
     """Failure rate (%) at or above which the breaker opens."""
     slow_call_rate_threshold: Annotated[float, Field(gt=0, le=100)] = 100.0
@@ -169,22 +184,13 @@ class Resilience4jSpec(_Common):
     automatic_transition_from_open_to_half_open_enabled: bool = False
     """Go half-open when the wait is over, without waiting for a call."""
 
-    def make(self) -> Breaker:
-        return Resilience4j(self._config())
 
-    def _config(self) -> Resilience4jConfig:
-        return Resilience4jConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
-
-    @model_validator(mode="after")
-    def _valid(self) -> Resilience4jSpec:
-        _config_check(self._config)
-        return self
-
-
-class HystrixSpec(_Common):
+class HystrixSpec(_LibrarySpec):
     """Hystrix command properties (``circuitBreaker.*``, ``metrics.*``; durations as ``5s``)."""
 
     kind: Literal["hystrix"] = "hystrix"
+    _breaker: ClassVar[type] = Hystrix
+    _config_type: ClassVar[type] = HystrixConfig
     request_volume_threshold: Annotated[int, Field(ge=0)] = 20
     """Requests in the rolling window before the error percentage counts."""
     error_threshold_percentage: Annotated[int, Field(ge=0, le=100)] = 50
@@ -198,22 +204,13 @@ class HystrixSpec(_Common):
     health_snapshot_interval: PosDuration = 0.5
     """How often the breaker looks at the health counts."""
 
-    def make(self) -> Breaker:
-        return Hystrix(self._config())
 
-    def _config(self) -> HystrixConfig:
-        return HystrixConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
-
-    @model_validator(mode="after")
-    def _valid(self) -> HystrixSpec:
-        _config_check(self._config)
-        return self
-
-
-class PollySpec(_Common):
+class PollySpec(_LibrarySpec):
     """Polly v8 ``CircuitBreakerStrategyOptions`` (durations as ``30s``)."""
 
     kind: Literal["polly"] = "polly"
+    _breaker: ClassVar[type] = Polly
+    _config_type: ClassVar[type] = PollyConfig
     failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
     """Share of failures (0–1] at or above which the breaker opens."""
     minimum_throughput: Annotated[int, Field(ge=2)] = 100
@@ -223,39 +220,19 @@ class PollySpec(_Common):
     break_duration: PosDuration = 5.0
     """Time in open before one trial call."""
 
-    def make(self) -> Breaker:
-        return Polly(self._config())
 
-    def _config(self) -> PollyConfig:
-        return PollyConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
-
-    @model_validator(mode="after")
-    def _valid(self) -> PollySpec:
-        _config_check(self._config)
-        return self
-
-
-class ConsecutiveSpec(_Common):
+class ConsecutiveSpec(_LibrarySpec):
     """pybreaker-style breaker: ``failMax`` failures in a row open it."""
 
     kind: Literal["consecutive"] = "consecutive"
+    _breaker: ClassVar[type] = Consecutive
+    _config_type: ClassVar[type] = ConsecutiveConfig
     fail_max: Annotated[int, Field(ge=1)] = 5
     """Consecutive failures that open the breaker."""
     reset_timeout: NonNegDuration = 60.0
     """Time in open before a trial call."""
     success_threshold: Annotated[int, Field(ge=1)] = 1
     """Successful trial calls needed to close."""
-
-    def make(self) -> Breaker:
-        return Consecutive(self._config())
-
-    def _config(self) -> ConsecutiveConfig:
-        return ConsecutiveConfig(**self.model_dump(exclude={"kind", "when_open", "failures"}))
-
-    @model_validator(mode="after")
-    def _valid(self) -> ConsecutiveSpec:
-        _config_check(self._config)
-        return self
 
 
 # ---- custom classes --------------------------------------------------------------------------

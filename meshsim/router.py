@@ -286,14 +286,10 @@ class Router:
             eng = self.engine
             a.callbacks = a.host.arrive_cb
             heappush(eng._queue, (now + cl.out_delay(), 1, next(eng._eid), a))
-        elif verdict == OVERFLOW:
-            cl.active[host] -= 1
-            self._local_reply(call, a, 503, "UO")
-            return
-        else:  # pending: no per-try timer runs until it gets a connection
-            self._arm_route(call)
-        if pool.to_connect or pool.overflowed:
-            self._drain_connects(cl)
+            if pool.to_connect or pool.overflowed:
+                self._drain_connects(cl)
+        else:
+            self._not_attached(call, a, verdict)
 
     def _try(self, call: Call) -> None:
         now = self.env._now
@@ -321,12 +317,20 @@ class Router:
         verdict = pool.request(now, host, a)
         if verdict == ATTACHED:
             self._attach(a, pool.attached_conn)
-        elif verdict == OVERFLOW:
-            cl.active[host] -= 1
+            if pool.to_connect or pool.overflowed:
+                self._drain_connects(cl)
+        else:
+            self._not_attached(call, a, verdict)
+
+    def _not_attached(self, call: Call, a: Attempt, verdict: int) -> None:
+        """The pool refused ``a`` (503 ``UO`` at once, never retried) or queued it."""
+        cl = call.cluster
+        if verdict == OVERFLOW:
+            cl.active[a.hostidx] -= 1
             self._local_reply(call, a, 503, "UO")
             return
-        else:  # pending: no per-try timer runs until it gets a connection
-            self._arm_route(call)
+        self._arm_route(call)  # pending: no per-try timer runs until it gets a connection
+        pool = cl.pool
         if pool.to_connect or pool.overflowed:
             self._drain_connects(cl)
 
