@@ -312,6 +312,10 @@ def _unknown_field(path: FieldPath, model: type[BaseModel], data: Any) -> str:
     # A typo can also be the key that would have chosen another member (`parallell` for a fan-out).
     members = [_resolve(m, None) for m in _union_members(tp) or []]
     siblings = [n for m in members if _is_model(m) for n in _field_names(m)]
+    if key in siblings and names:
+        # Spelt right, but a field of another member (a resilience4j setting under hystrix).
+        return (f"unknown field {_show(key)} for this kind (another kind has it); expected "
+                f"one of: {_listing(names)}")
     hint = _suggest(key, names) or _suggest(key, siblings)
     if hint or not names:
         return f"unknown field {_show(key)}{hint}"
