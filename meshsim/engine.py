@@ -120,6 +120,10 @@ class Engine:
         self.flag_names = Names(["-"])
         self.no_host = _NoHost(self.hosts.code("-"))
         self.clusters: list[Cluster] = []
+        #: App-level breakers (with their outcome classifiers) and admission controllers, by
+        #: (calling pod, destination).
+        self.app_breakers: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.admissions: dict[tuple[str, str], AdmissionController] = {}
         self.router = Router(self)
         self._elaborate()
 
@@ -526,12 +530,22 @@ class Engine:
             return
         cl.policy_path = True
         cl.connect_time = connect_time
+        # The app's breaker and the admission filter act before the call is routed, so there
+        # is one per calling pod and destination, shared by the destination's subset clusters
+        # (and named by the destination, not the egress gateway a call to an external host
+        # goes through).
+        key = (cl.proxy, dest)
         if breaker is not None:
-            cl.breaker, cl.classifier = build_breaker(breaker)
+            if key not in self.app_breakers:
+                self.app_breakers[key] = build_breaker(breaker)
+            cl.breaker, cl.classifier = self.app_breakers[key]
             cl.when_open = breaker.when_open
         if admission is not None:
-            cl.admission = AdmissionController(AdmissionControlConfig.from_envoy(admission),
-                                               self.streams.uniform(f"admission:{stream}"))
+            if key not in self.admissions:
+                self.admissions[key] = AdmissionController(
+                    AdmissionControlConfig.from_envoy(admission),
+                    self.streams.uniform(f"admission:{cl.proxy}->{dest}"))
+            cl.admission = self.admissions[key]
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry

@@ -191,14 +191,15 @@ def _events(engine: Engine) -> pd.DataFrame:
             sources.append(cl.pool.events)
         if cl.outlier is not None:
             sources.append(cl.outlier.events)
-        if cl.breaker is not None:
-            sources.append(cl.breaker.events)
-        if cl.admission is not None:
-            sources.append(cl.admission.events)
         for events in sources:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
                 rows.append((t, kind, cl.proxy, cl.dest, name, detail))
+    gates = [((proxy, dest), b.events) for (proxy, dest), (b, _) in engine.app_breakers.items()]
+    gates += [((proxy, dest), a.events) for (proxy, dest), a in engine.admissions.items()]
+    for (proxy, dest), events in gates:
+        for t, kind, _, detail in events:
+            rows.append((t, kind, proxy, dest, "-", detail))
     for pod in _inbound_pods(engine):
         events = pod.inbound.events + (pod.adaptive.events if pod.adaptive is not None else [])
         for t, kind, _, detail in events:
@@ -219,11 +220,11 @@ def _stats(engine: Engine) -> pd.DataFrame:
         values.update({f"circuit_breakers.default.{k}": v for k, v in cl.pool.gauges().items()})
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
-        if cl.breaker is not None:
-            values.update({f"app_circuit_breaker.{k}": v for k, v in cl.breaker.stats.items()})
-        if cl.admission is not None:
-            values.update({f"admission_control.{k}": v for k, v in cl.admission.stats.items()})
         rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
+    gates = [(key, "app_circuit_breaker", b.stats) for key, (b, _) in engine.app_breakers.items()]
+    gates += [(key, "admission_control", a.stats) for key, a in engine.admissions.items()]
+    for (proxy, dest), prefix, stats in gates:
+        rows += [(proxy, dest, f"{prefix}.{k}", int(v)) for k, v in sorted(stats.items())]
     for pod in _inbound_pods(engine):
         pool = pod.inbound
         values = dict(pool.stats)

@@ -252,3 +252,45 @@ def test_adaptive_concurrency_pins_the_limit_to_min_concurrency_while_it_measure
     assert set(refused["flags"]) == {"-"}
     st = r.stats.query("proxy == 'b-0' and cluster == 'inbound'").set_index("stat")["value"]
     assert st["adaptive_concurrency.gradient_controller.rq_blocked"] == len(refused)
+
+
+# ---- one breaker per calling pod and destination, whatever the routing below it --------------
+
+
+def test_one_breaker_per_destination_across_its_subsets():
+    # The breaker is in the caller's code: it cannot know which version Envoy will pick.
+    sc = meshsim.load_scenario("scenarios/canary.yaml").with_overrides({
+        "services.frontend.breakers.reviews": {"kind": "consecutive", "failMax": 3,
+                                               "resetTimeout": "5s"}})
+    r = meshsim.run(sc, seed=1)
+    st = r.stats[r.stats["stat"].str.startswith("app_circuit_breaker.")]
+    assert set(st["cluster"]) == {"reviews"}
+    pods = sc.services["frontend"].replicas
+    assert len(st) == pods * st["stat"].nunique()
+    ev = r.events[r.events["kind"].str.startswith("breaker_")]
+    assert set(ev["destination"]) <= {"reviews"}
+
+
+def test_breakers_on_two_external_hosts_behind_the_egress_gateway_stay_apart():
+    services = {"a": {"latency": "0ms", "calls": [{"to": "pay.example.com"},
+                                                  {"to": "geo.example.com"}],
+                      "breakers": {"pay.example.com": {"kind": "consecutive", "failMax": 2},
+                                   "geo.example.com": {"kind": "consecutive", "failMax": 50}}}}
+    sc = build(services, [closed("a", think="0.1s")], duration="3s",
+               externalServices={"pay.example.com": {"latency": "1ms", "errors": ALWAYS_503},
+                                 "geo.example.com": {"latency": "1ms"}},
+               mesh={"egressGateway": {"replicas": 1}})
+    r = meshsim.run(sc, seed=1)
+    st = r.stats[r.stats["stat"] == "app_circuit_breaker.opened"].set_index("cluster")["value"]
+    assert st.to_dict() == {"geo.example.com": 0, "pay.example.com": 1}
+
+
+def test_calls_the_breaker_refused_are_not_in_the_sidecars_access_log():
+    from meshsim.access_log import access_log_lines
+
+    r = meshsim.run(failing({"kind": "consecutive", "failMax": 5, "resetTimeout": "10s"},
+                            duration="3s"), seed=1)
+    lines = access_log_lines(r)
+    both = r.requests
+    assert len(lines) == int((both["flags"] != "breaker_open").sum())
+    assert not any("breaker_open" in line for line in lines)
