@@ -28,6 +28,9 @@ one hop, as the caller's proxy saw it), in order of ``t_start``, in Istio's defa
   ``UPSTREAM_CLUSTER_RAW`` is ``outbound|80||<service>.<namespace>.svc.cluster.local``
   (``outbound|443||<host>`` for an external host, Istio's gateway Services for gateways);
 - everything else is ``-``.
+
+Calls that the caller's app-level circuit breaker refused (flags ``breaker_open`` and
+``fallback``) never reached the sidecar and have no line.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .app_breakers import APP_FLAGS
 from .output import OutputError, write_text_atomic
 from .result import Result
 
@@ -101,6 +105,8 @@ def access_log_lines(result: Result, namespace: str = "default") -> list[str]:
     for r in rows.itertuples(index=False):
         dest, source = str(r.destination), str(r.source)
         flags = str(r.flags)
+        if flags in APP_FLAGS:
+            continue  # refused by the caller's own code: it never reached the sidecar
         target = dest
         if dest in _GATEWAYS:
             target = forwarded.get(r.span_id) or (

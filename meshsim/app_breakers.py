@@ -46,6 +46,7 @@ from .policies.breakers import (
 from .units import NonNegDuration, PosDuration
 
 __all__ = [
+    "APP_FLAGS",
     "FLAG_FALLBACK",
     "FLAG_OPEN",
     "BreakerSpec",
@@ -60,6 +61,8 @@ __all__ = [
 FLAG_OPEN = "breaker_open"
 #: The ``flags`` of a refused call answered by the caller's fallback instead.
 FLAG_FALLBACK = "fallback"
+#: The flags the caller's app writes (every other flag is Envoy's).
+APP_FLAGS = frozenset({FLAG_OPEN, FLAG_FALLBACK})
 
 _REGISTRY: dict[str, type] = {}
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
+from .app_breakers import APP_FLAGS
 from .errors import ScenarioError
 
 if TYPE_CHECKING:
@@ -240,9 +241,14 @@ def format_summary(result: Result, wall: float | None = None) -> str:
             f"{scope} {int(row['abandoned'])} requests, {row['wasted_work']:.1f} worker-s"
             for scope, row in wasted.iterrows()))
     flags = flag_counts(result)
-    if flags:
+    envoy = {f: n for f, n in flags.items() if f not in APP_FLAGS}
+    app = {f: n for f, n in flags.items() if f in APP_FLAGS}
+    if envoy:
         lines.append("Envoy response flags (attempts after warm-up): "
-                     + ", ".join(f"{flag} {count}" for flag, count in flags.items()))
+                     + ", ".join(f"{flag} {count}" for flag, count in envoy.items()))
+    if app:
+        lines.append("calls refused by app-level breakers (after warm-up): "
+                     + ", ".join(f"{flag} {count}" for flag, count in app.items()))
     return "\n".join(lines)
 
 
