@@ -147,7 +147,10 @@ class Pod:
         verdict = inbound.request(now, 0, a)
         if verdict == ATTACHED:
             a.inbound_conn = inbound.attached_conn
-            self._admit(a)
+            if self.busy < self.workers:  # _admit's common case, written out
+                self._start(a)
+            else:
+                self._admit(a)
             return
         if verdict == OVERFLOW:
             if self.adaptive is not None:
@@ -203,10 +206,14 @@ class Pod:
             return
         a.inbound_conn = -1
         now = self.engine.env._now
-        for b in self.inbound.done(now, 0, conn):
-            b.inbound_conn = conn
-            self._admit(b)
-        self._drain_inbound(now)
+        inbound = self.inbound
+        attached = inbound.done(now, 0, conn)
+        if attached:
+            for b in attached:
+                b.inbound_conn = conn
+                self._admit(b)
+        if inbound.to_connect or inbound.overflowed:
+            self._drain_inbound(now)
 
     def cancel(self, a: Attempt) -> bool:
         """The caller has reset ``a`` (timeout). Returns True if ``a`` never reaches the app.
@@ -286,7 +293,8 @@ class Pod:
         if self.queue:
             self._start(self.queue.popleft())
         if self.inbound is not None:
-            self._release_inbound(a)
+            if a.inbound_conn >= 0:
+                self._release_inbound(a)
             if self.adaptive is not None:
                 self._adaptive_done(a, self.engine.env._now)
         # Engine.reply, written out: this runs for every request a pod works on.
