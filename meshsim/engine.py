@@ -28,6 +28,7 @@ from . import rng as rng_mod
 from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
+from .limiters import attach as attach_limits
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy
@@ -329,6 +330,8 @@ class Engine:
                 streams.uniform(f"thinning:{cl.client}"), think,
             )
             self.clients.append(driver)
+        #: The rate limits in front of pods (:mod:`meshsim.limiters`); none in most scenarios.
+        self.limits = attach_limits(self)
 
     def _gateways(self, kind: str, replicas: int) -> None:
         pods = []

@@ -197,6 +197,8 @@ def _events(engine: Engine) -> pd.DataFrame:
     for pod in _inbound_pods(engine):
         for t, kind, _, detail in pod.inbound.events:
             rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
+    for limiter in engine.limits:
+        rows += limiter.event_rows()
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})
@@ -219,6 +221,8 @@ def _stats(engine: Engine) -> pd.DataFrame:
         values = dict(pool.stats)
         values.update({f"circuit_breakers.default.{k}": v for k, v in pool.gauges().items()})
         rows += [(pod.name, INBOUND, k, int(v)) for k, v in sorted(values.items())]
+    for limiter in engine.limits:
+        rows += limiter.stat_rows()
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 
