@@ -257,7 +257,7 @@ class Gateway(Model):
     routed. Its ``typed_config`` with Envoy's field names, as an ``EnvoyFilter`` carries it."""
     global_rate_limit: GlobalRateLimit | None = None
     """Envoy's rate limit filter on each gateway pod, asking ``mesh.rateLimitService`` about
-    every request (after the local rate limit, if both are set)."""
+    every request (after the local rate limit, if both are set). Ingress gateway only."""
 
 
 def _default_overhead() -> dict[str, str]:
@@ -655,7 +655,14 @@ def _check_rate_limits(sc: Scenario, clients: set[str]) -> list[Issue]:
                     issues.append(Issue((*where, "localRateLimit", "descriptors", i, "entries",
                                          j, "value"), _unknown(e.value, clients, "client")))
     for where, gw in gateways:
-        if gw.global_rate_limit is not None and sc.mesh.rate_limit_service is None:
+        if gw.global_rate_limit is None:
+            continue
+        if where[-1] == "egressGateway":
+            # Its 429s would carry x-envoy-ratelimited to the callers' routers, which decide
+            # retries on statuses only.
+            issues.append(Issue((*where, "globalRateLimit"), "a global rate limit is "
+                                "simulated at the ingress gateway only"))
+        elif sc.mesh.rate_limit_service is None:
             issues.append(Issue((*where, "globalRateLimit"), "a global rate limit needs "
                                 "mesh.rateLimitService, the service it asks"))
     return issues
