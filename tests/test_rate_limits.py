@@ -344,3 +344,34 @@ def test_latency_added_by_the_outage_is_the_timeout_less_the_usual_wait():
         assert np.allclose(took[inside], c + 0.001)
         diffs.append(took[inside].mean() - took[~inside].mean())
     assert_in_ci(c - usual, diffs, "latency added during the outage")
+
+
+def test_rate_limits_with_pools_timeouts_and_retries_end_every_request_once():
+    # Everything at once: a global limit (with an outage running past the end) at two gateway
+    # pods, and b's sidecars with a local limit in front of a small inbound pool, called with
+    # per-try timeouts and retries on 429. Every end-user request ends once or is still open.
+    sc = build({"a": {"workers": 1000, "latency": "1ms", "calls": [{"to": "b"}]},
+                "b": {"replicas": 2, "workers": 2,
+                      "latency": {"kind": "exponential", "mean": "20ms"}}},
+               [via_ingress("a", "200/s", "u"), via_ingress("a", "20/s", "v")], duration="8s",
+               mesh={"istioDefaults": True,
+                     "sidecars": {"b": {
+                         "localRateLimit": local_limit(60, descriptors={"v": 5}),
+                         "inboundConnectionPool": {"tcp": {"maxConnections": 2},
+                                                   "http": {"http1MaxPendingRequests": 3}}}},
+                     "virtualServices": {"b": {"http": [{"timeout": "200ms", "retries": {
+                         "attempts": 2, "perTryTimeout": "30ms", "retryOn": "5xx,429"}}]}},
+                     "ingressGateway": {"replicas": 2, "globalRateLimit": {}},
+                     "rateLimitService": {
+                         "domain": "d", "timeout": "10ms",
+                         "latency": {"kind": "exponential", "mean": "5ms"},
+                         "outages": [{"start": "7s", "end": "9s"}],
+                         "descriptors": [{"key": "client", "rate_limit": {
+                             "unit": "second", "requests_per_unit": 150}}]}})
+    for seed in range(3):
+        r = meshsim.run(sc, seed=seed)
+        assert_conserved(r)
+        rows = everything(r)
+        flags = set(zip(rows["destination"], rows["status"], rows["flags"], strict=True))
+        assert {("ingress", 429, "RL"), ("b", 429, "-"), ("b", 429, "URX"),
+                ("b", 504, "UT")} <= flags
