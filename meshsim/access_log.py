@@ -22,7 +22,8 @@ one hop, as the caller's proxy saw it), in order of ``t_start``, in Istio's defa
   ``RESPONSE_CODE_DETAILS`` as Envoy 1.40 was observed to set it (§10.2): ``via_upstream`` for an
   upstream's answer, ``upstream_reset_before_response_started{overflow}`` for a circuit-breaker
   overflow, ``no_healthy_upstream``, ``response_timeout`` (route timeout),
-  ``upstream_per_try_timeout``;
+  ``upstream_per_try_timeout``, ``local_rate_limited`` (flag ``RL``; a row does not tell the
+  global limit's refusals apart, so they read the same), ``rate_limiter_error`` (``RLSE``);
 - ``UPSTREAM_HOST`` is the pod with a port (``cart-1:80``; gateways ``ingress-0:8080``,
   ``egress-0:8443``; external hosts ``payments:443``), ``-`` when no upstream was reached;
   ``UPSTREAM_CLUSTER_RAW`` is ``outbound|80||<service>.<namespace>.svc.cluster.local``
@@ -129,7 +130,7 @@ def access_log_lines(result: Result, namespace: str = "default") -> list[str]:
 
 
 _LOCAL_REPLIES = frozenset({"upstream_reset_before_response_started{overflow}",
-                            "no_healthy_upstream"})
+                            "no_healthy_upstream", "local_rate_limited", "rate_limiter_error"})
 
 
 def response_code_details(status: int, flags: str, t_arrive: float, t_reply: float,
@@ -172,6 +173,8 @@ def response_code_details(status: int, flags: str, t_arrive: float, t_reply: flo
         return "upstream_reset_before_response_started{remote_connection_failure}"
     if "RL" in names:
         return "local_rate_limited"
+    if "RLSE" in names:
+        return "rate_limiter_error"
     if "FI" in names:
         return "fault_filter_abort"
     if status == 0:

@@ -179,7 +179,13 @@ def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .errors import Issue
-    from .export import istio_manifests, manifests_yaml, write_manifests
+    from .export import (
+        NOT_EXPORTED_NOTE,
+        istio_manifests,
+        manifests_yaml,
+        not_exported,
+        write_manifests,
+    )
     from .output import OutputError
     from .scenario import parse_scenario
     from .yamlio import load_file
@@ -191,11 +197,15 @@ def _export(args: argparse.Namespace) -> int:
     except ScenarioError as err:
         raise ScenarioError(args.file, [Issue(i.path, i.message, lines.line_for(i.path))
                                         for i in err.issues]) from None
+    skipped = not_exported(scenario)
+    if skipped:
+        print(f"meshsim: {NOT_EXPORTED_NOTE}", *(f"  {p}" for p in skipped), sep="\n",
+              file=sys.stderr)
     if not args.out:
         sys.stdout.write(manifests_yaml(manifests))
         return EXIT_OK
     try:
-        write_manifests(manifests, args.out, source=args.file)
+        write_manifests(manifests, args.out, source=args.file, skipped=skipped)
     except OutputError as exc:
         print(f"meshsim: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -30,6 +30,7 @@ from .app_breakers import build_breaker
 from .attempt import Attempt
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
+from .limiters import attach as attach_limits
 from .policies.adaptive import (
     AdmissionControlConfig,
     AdmissionController,
@@ -336,6 +337,8 @@ class Engine:
                 streams.uniform(f"thinning:{cl.client}"), think,
             )
             self.clients.append(driver)
+        #: The rate limits in front of pods (:mod:`meshsim.limiters`); none in most scenarios.
+        self.limits = attach_limits(self)
 
     def _deployment(self, name: str, dep: Deployment) -> list[Pod]:
         """The pods of one deployment of service ``name``.

@@ -4,6 +4,10 @@ Bad input is the normal case for a tool that reads hand-written files, so it nev
 traceback: loading and validation collect :class:`Issue` records into one :class:`ScenarioError`,
 whose text has one line per issue. :func:`from_validation_error` rewrites pydantic's errors in the
 words of the file (camelCase keys, YAML values) and suggests the nearest valid name for typos.
+
+A validator that checks a whole block (a mapping taken in another program's own shape, such as an
+Envoy filter's ``typed_config``) may raise a ``ValueError`` with a ``path`` attribute: a tuple of
+keys and list indexes inside the block. The issue then points at that key and its line.
 """
 
 from __future__ import annotations
@@ -244,6 +248,9 @@ def _draft(e: Mapping[str, Any], path: FieldPath, model: type[BaseModel], data: 
         return _Draft(path, "choice", expected=[str(c) for c in choices], got=value, label=label)
     if kind in _EXPECTED:
         return _Draft(path, "type", expected=[_EXPECTED[kind]], got=value)
+    inner = getattr(ctx.get("error"), "path", None)
+    if kind == "value_error" and isinstance(inner, tuple):
+        path = (*path, *inner)  # a key inside the validated block (see the module docstring)
     return _Draft(path, "text", _message(kind, ctx, value, e["msg"]))
 
 

@@ -34,6 +34,15 @@ scenario gives the same block. What the export assumes about the cluster:
 
 Every resource is labelled ``app.kubernetes.io/managed-by: meshsim`` and annotated with the
 scenario path it comes from (``meshsim/source: mesh.destinationRules.cart``).
+
+Rate limits are not exported. Istio has no API for them: a local rate limit is an
+``EnvoyFilter`` that patches the filter into a workload's listener (its ``typed_config`` is the
+scenario's block as it is, plus the ``rate_limits`` action that gives requests their
+``client`` descriptor), and a global one needs the rate-limit service deployed with its config
+and ``EnvoyFilter`` patches for the filter and the route's actions. Those depend on how the
+cluster identifies clients and runs the service, which a scenario does not say, and Istio's
+typed models cannot check an ``EnvoyFilter``'s patch. :func:`not_exported` lists the scenario
+paths left out; the CLI prints them and the export directory's ``README.txt`` names them.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ __all__ = [
     "istio_duration",
     "istio_manifests",
     "manifests_yaml",
+    "not_exported",
     "write_manifests",
 ]
 
@@ -82,6 +92,11 @@ README = "README.txt"
 SOURCE_ANNOTATION = "meshsim/source"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshsim"}
 
+#: Why some settings are not exported (README.txt and the CLI say it before listing them).
+NOT_EXPORTED_NOTE = ("Not exported: rate limits. Istio has no API for them; they need EnvoyFilter "
+                     "resources\n(and, for a global limit, a rate-limit service), which you "
+                     "write from these blocks:")
+_SNAKE = {"localRateLimit": "local_rate_limit", "globalRateLimit": "global_rate_limit"}
 _GATEWAY_NAMES = {"ingress": "ingress-gateway", "egress": "egress-gateway"}
 _GATEWAY_LABELS = {"ingress": {"istio": "ingressgateway"}, "egress": {"istio": "egressgateway"}}
 _GATEWAY_HOSTS = {kind: f"istio-{kind}gateway.{GATEWAY_NAMESPACE}.svc.cluster.local"
@@ -125,17 +140,35 @@ def istio_manifests(scenario: Scenario, namespace: str = "default") -> list[dict
     return _Exporter(scenario, namespace).build()
 
 
+def not_exported(scenario: Scenario) -> list[str]:
+    """The scenario's settings that no exported resource carries: its rate limits (see the
+    module docstring), as paths in the scenario file (``mesh.ingressGateway.localRateLimit``)."""
+    mesh = scenario.mesh
+    paths = []
+    for field in ("ingressGateway", "egressGateway"):
+        gw = getattr(mesh, f"{field[:-7]}_gateway")
+        for name in ("localRateLimit", "globalRateLimit"):
+            if gw is not None and getattr(gw, _SNAKE[name]) is not None:
+                paths.append(f"mesh.{field}.{name}")
+    paths += [f"mesh.sidecars.{name}.localRateLimit" for name, sidecar in mesh.sidecars.items()
+              if sidecar.local_rate_limit is not None]
+    if mesh.rate_limit_service is not None:
+        paths.append("mesh.rateLimitService")
+    return paths
+
+
 def manifests_yaml(manifests: Iterable[dict[str, Any]]) -> str:
     """The manifests as one multi-document YAML stream (``---`` between documents)."""
     return "".join(f"---\n{_dump(m)}" for m in manifests)
 
 
 def write_manifests(manifests: list[dict[str, Any]], out: str | os.PathLike,
-                    source: str = "") -> Path:
+                    source: str = "", skipped: Iterable[str] = ()) -> Path:
     """Write the manifests into directory ``out``, one YAML file per kind, all or nothing.
 
     The files are those of :data:`KIND_FILES` that have resources, plus ``README.txt`` (what was
-    exported from where, and how to apply it). ``kubectl apply -f DIR`` reads only the YAML.
+    exported from where, how to apply it, and the ``skipped`` scenario paths, as
+    :func:`not_exported` lists them). ``kubectl apply -f DIR`` reads only the YAML.
 
     Raises
     ------
@@ -152,7 +185,7 @@ def write_manifests(manifests: list[dict[str, Any]], out: str | os.PathLike,
             if items:
                 (tmp / KIND_FILES[kind]).write_text(manifests_yaml(items), encoding="utf-8")
                 written.append(f"  {KIND_FILES[kind]:<24} {len(items)} {kind}")
-        (tmp / README).write_text(_readme(source, written), encoding="utf-8")
+        (tmp / README).write_text(_readme(source, written, list(skipped)), encoding="utf-8")
 
     return atomic_dir(out, fill, marker=README)
 
@@ -455,12 +488,17 @@ def _dump(manifest: dict[str, Any]) -> str:
     return yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=100)
 
 
-def _readme(source: str, written: list[str]) -> str:
+def _readme(source: str, written: list[str], skipped: list[str]) -> str:
     origin = f" from {source}" if source else ""
-    return (
+    text = (
         f"Istio resources exported by meshsim{origin}.\n\n"
         + "\n".join(written)
         + "\n\nReview, then apply with:  kubectl apply -f <this directory>\n"
         "Rules that apply to a gateway only are in namespace istio-system. External services\n"
         "are assumed to be HTTPS on port 443 (see meshsim.export for every assumption).\n"
     )
+    if skipped:
+        text += (
+            f"\n{NOT_EXPORTED_NOTE}\n" + "".join(f"  {path}\n" for path in skipped)
+        )
+    return text

@@ -204,6 +204,8 @@ def _events(engine: Engine) -> pd.DataFrame:
         events = pod.inbound.events + (pod.adaptive.events if pod.adaptive is not None else [])
         for t, kind, _, detail in events:
             rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
+    for limiter in engine.limits:
+        rows += limiter.event_rows()
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})
@@ -233,6 +235,8 @@ def _stats(engine: Engine) -> pd.DataFrame:
             values.update({f"adaptive_concurrency.gradient_controller.{k}": v
                            for k, v in pod.adaptive.stats.items()})
         rows += [(pod.name, INBOUND, k, int(v)) for k, v in sorted(values.items())]
+    for limiter in engine.limits:
+        rows += limiter.stat_rows()
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 

@@ -42,6 +42,7 @@ from .arrivals import (
     TraceRate,
 )
 from .distributions import Distribution
+from .envoy import GlobalRateLimit, LocalRateLimit, RateLimitService
 from .errors import Issue, ScenarioError, from_validation_error
 from .istio import (
     ConnectionPoolSettings,
@@ -340,6 +341,13 @@ class Gateway(Model):
     Istio ``DestinationRule`` with a ``workloadSelector`` for the gateway)."""
     virtual_services: dict[str, VirtualService] = Field(default_factory=dict)
     """Routes bound to this gateway, by host (unset: Istio's default route and retry policy)."""
+    local_rate_limit: LocalRateLimit | None = None
+    """Envoy's HTTP local rate limit filter on each gateway pod (per pod: the gateway lets
+    through replicas × the bucket's rate), checked when a request reaches the pod, before it is
+    routed. Its ``typed_config`` with Envoy's field names, as an ``EnvoyFilter`` carries it."""
+    global_rate_limit: GlobalRateLimit | None = None
+    """Envoy's rate limit filter on each gateway pod, asking ``mesh.rateLimitService`` about
+    every request (after the local rate limit, if both are set). Ingress gateway only."""
 
 
 def _default_overhead() -> dict[str, str]:
@@ -385,8 +393,9 @@ EnvoyAdaptiveConcurrency = Annotated[dict[str, Any], AfterValidator(_adaptive_co
 
 
 class SidecarResource(Model):
-    """The sidecars of one service's pods: an Istio ``Sidecar`` resource (its
-    ``workloadSelector``), and the Envoy filters an ``EnvoyFilter`` would add to them.
+    """The sidecars of one service's pods: an Istio ``Sidecar`` resource for those pods (its
+    ``workloadSelector``), of which only the field that changes what meshsim simulates is
+    taken, and the Envoy filters an ``EnvoyFilter`` would add to them.
     """
 
     inbound_connection_pool: ConnectionPoolSettings | None = None
@@ -403,6 +412,12 @@ class SidecarResource(Model):
     rejects a share of requests (503 at once, flag ``-``) while the destination's success rate
     is low. Fields as Envoy's ``AdmissionControl`` (``success_criteria``, ``sampling_window``,
     ``aggression``, ``sr_threshold``, ``rps_threshold``, ``max_rejection_probability``)."""
+    local_rate_limit: LocalRateLimit | None = None
+    """Envoy's HTTP local rate limit filter on each pod's inbound listener (per pod: the service
+    lets through replicas × the bucket's rate), checked when a request reaches the pod, before
+    the inbound connection pool. Its ``typed_config`` with Envoy's field names, as an
+    ``EnvoyFilter`` carries it. A refused request is answered 429 by the pod's sidecar (flag
+    ``RL`` in its stats); the caller sees a plain upstream 429."""
 
 
 class Mesh(Model):
@@ -422,6 +437,8 @@ class Mesh(Model):
     sidecars: dict[str, SidecarResource] = Field(default_factory=dict)
     """Istio ``Sidecar`` specs by service, for the settings of that service's pods' own
     sidecars."""
+    rate_limit_service: RateLimitService | None = None
+    """The rate-limit service of global rate limits (``globalRateLimit`` of a gateway)."""
 
 
 class Network(Model):
@@ -775,6 +792,7 @@ def cross_check(sc: Scenario) -> list[Issue]:
             if dest not in called:
                 issues.append(Issue(("mesh", "sidecars", name, "admissionControl", dest),
                                     _unknown(dest, called, f"destination of {name}'s calls")))
+    issues += _check_rate_limits(sc, seen)
     if sc.warmup >= sc.duration:
         issues.append(Issue(("warmup",), "warm-up must be shorter than the duration "
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))
@@ -896,6 +914,35 @@ def _check_pod_names(sc: Scenario) -> list[Issue]:
                     issues.append(Issue(path, f"pod name {pod!r} is also {what}: rename the "
                                         "version or the service"))
                     break
+    return issues
+
+
+def _check_rate_limits(sc: Scenario, clients: set[str]) -> list[Issue]:
+    """Rate-limit descriptors name clients of the workload; a global limit needs its service."""
+    issues = []
+    limits = [(("mesh", "sidecars", name), s.local_rate_limit)
+              for name, s in sc.mesh.sidecars.items()]
+    gateways = [(("mesh", "ingressGateway"), sc.mesh.ingress_gateway)]
+    if sc.mesh.egress_gateway is not None:
+        gateways += [(("mesh", "egressGateway"), sc.mesh.egress_gateway)]
+    limits += [(where, gw.local_rate_limit) for where, gw in gateways]
+    for where, limit in limits:
+        for i, d in enumerate(limit.descriptors if limit is not None else ()):
+            for j, e in enumerate(d.entries):
+                if e.value not in clients:
+                    issues.append(Issue((*where, "localRateLimit", "descriptors", i, "entries",
+                                         j, "value"), _unknown(e.value, clients, "client")))
+    for where, gw in gateways:
+        if gw.global_rate_limit is None:
+            continue
+        if where[-1] == "egressGateway":
+            # Its 429s would carry x-envoy-ratelimited to the callers' routers, which decide
+            # retries on statuses only.
+            issues.append(Issue((*where, "globalRateLimit"), "a global rate limit is "
+                                "simulated at the ingress gateway only"))
+        elif sc.mesh.rate_limit_service is None:
+            issues.append(Issue((*where, "globalRateLimit"), "a global rate limit needs "
+                                "mesh.rateLimitService, the service it asks"))
     return issues
 
 

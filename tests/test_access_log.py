@@ -122,6 +122,7 @@ def test_per_try_timeouts_are_upstream_per_try_timeout():
     (503, "UF", NAN, NAN, 0.0, None,
      "upstream_reset_before_response_started{remote_connection_failure}"),
     (429, "RL", NAN, NAN, 0.0, None, "local_rate_limited"),
+    (500, "RLSE", NAN, NAN, 0.02, None, "rate_limiter_error"),
     (0, "-", NAN, NAN, 0.0, None, "-"),
 ])
 def test_response_code_details(status, flags, arrive, reply, elapsed, per_try, want):

@@ -245,6 +245,36 @@ def test_model_validator_error_at_the_top_level():
     ]
 
 
+class InnerError(ValueError):
+    def __init__(self, path: tuple, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class Block(Model):
+    """A block checked as a whole, like an Envoy filter's ``typed_config``."""
+
+    items: list[dict[str, int]]
+
+    @model_validator(mode="after")
+    def _no_zero(self) -> Block:
+        for i, item in enumerate(self.items):
+            for key, value in item.items():
+                if value == 0:
+                    raise InnerError(("items", i, key), f"{key} must not be 0")
+        return self
+
+
+class Holder(Model):
+    block: Block
+
+
+def test_a_block_validator_can_point_inside_the_block():
+    # The error's path goes on from the block to the key at fault, and so does the line.
+    text = "block:\n  items:\n    - {a: 1}\n    - a: 2\n      b: 0\n"
+    assert errors_of(text, Holder) == ["s.yaml:5: block.items[1].b: b must not be 0"]
+
+
 def test_out_of_range_in_a_list_item():
     text = (
         "services:\n"

@@ -546,3 +546,23 @@ def test_export_bad_input_exits_2_with_file_and_line(capsys, tmp_path):
         main(["export", "istio", str(ROOT / "scenarios" / "shop.yaml"), "--namespace", "Shop"])
     assert info.value.code == 2
     assert "--namespace: expected a Kubernetes namespace name" in capsys.readouterr().err
+
+
+def test_rate_limits_are_not_exported_and_the_export_says_so(capsys, tmp_path):
+    # Istio has no API for rate limits (EnvoyFilter territory): nothing carries them, and both
+    # the CLI and README.txt name the blocks left out.
+    path = ROOT / "tests" / "cases" / "valid" / "rate-limits.yaml"
+    scenario = load_scenario(path)
+    assert export.not_exported(scenario) == [
+        "mesh.ingressGateway.localRateLimit", "mesh.ingressGateway.globalRateLimit",
+        "mesh.sidecars.cart.localRateLimit", "mesh.rateLimitService"]
+    assert {m["kind"] for m in istio_manifests(scenario)} == {"Gateway", "VirtualService"}
+    assert export.not_exported(load_scenario(ROOT / "scenarios" / "shop.yaml")) == []
+    code, out, err = cli(capsys, "export", "istio", path, "-o", tmp_path / "out")
+    assert code == 0 and out.startswith("2 resources written")
+    assert err.startswith("meshsim: Not exported: rate limits.")
+    assert "  mesh.sidecars.cart.localRateLimit\n" in err
+    readme = (tmp_path / "out" / "README.txt").read_text()
+    assert readme.endswith(export.NOT_EXPORTED_NOTE + "\n  mesh.ingressGateway.localRateLimit\n"
+                           "  mesh.ingressGateway.globalRateLimit\n"
+                           "  mesh.sidecars.cart.localRateLimit\n  mesh.rateLimitService\n")

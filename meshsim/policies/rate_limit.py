@@ -34,6 +34,7 @@ from meshsim.units import parse_duration
 
 __all__ = [
     "UNIT_SECONDS",
+    "ConfigError",
     "Decision",
     "GlobalRateLimitConfig",
     "GlobalRateLimitFilter",
@@ -76,6 +77,23 @@ class Decision(NamedTuple):
 
 
 _ALLOW = Decision(True, None, None)
+
+
+class ConfigError(ValueError):
+    """A configuration value a limiter refuses; ``path`` says where it is inside the block.
+
+    ``path`` holds keys and list indexes under the block given to ``from_envoy`` or
+    ``from_config`` (``("descriptors", 1, "token_bucket", "fill_interval")``), so that a scenario
+    error can name the very line at fault.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def _text(entries: Entries) -> str:
+    return ",".join(f"{k}={v}" for k, v in entries)
 
 
 def _entries(descriptor: DescriptorLike) -> Entries:
@@ -207,19 +225,23 @@ class LocalRateLimitConfig:
             object.__setattr__(self, "status", 429)
         for name in ("filter_enabled", "filter_enforced"):
             if not 0 <= getattr(self, name) <= 100:
-                raise ValueError(f"{name} must be a percentage in [0, 100]")
+                raise ConfigError((name,), f"{name} must be a percentage in [0, 100]")
         base_ms = round(self.token_bucket.fill_interval * 1000)
         if base_ms < _MIN_FILL_INTERVAL * 1000:
-            raise ValueError("local rate limit token bucket fill_interval must be >= 50ms")
+            raise ConfigError(("token_bucket", "fill_interval"),
+                              "local rate limit token bucket fill_interval must be >= 50ms")
         seen: set[Entries] = set()
-        for d in self.descriptors:
+        for i, d in enumerate(self.descriptors):
             if d.entries in seen:
-                raise ValueError(f"duplicate descriptor in the local rate limit: {d.entries}")
+                raise ConfigError(("descriptors", i, "entries"), "duplicate descriptor in the "
+                                  f"local rate limit: {_text(d.entries)}")
             seen.add(d.entries)
             # LocalRateLimiterImpl checks this on whole milliseconds.
-            if round(d.token_bucket.fill_interval * 1000) % base_ms:
-                raise ValueError(f"descriptor {d.entries}: fill_interval is not a multiple of "
-                                 "the token bucket's fill_interval")
+            ms = round(d.token_bucket.fill_interval * 1000)
+            if ms % base_ms:
+                raise ConfigError(("descriptors", i, "token_bucket", "fill_interval"),
+                                  f"fill_interval ({ms} ms) must be a multiple of the filter's "
+                                  f"token_bucket.fill_interval ({base_ms} ms)")
 
     @classmethod
     def from_envoy(cls, typed_config: Mapping[str, Any]) -> LocalRateLimitConfig:
@@ -346,7 +368,7 @@ class LocalRateLimit:
         matched = sorted((e for e in request if e in self._buckets),
                          key=lambda e: self._buckets[e].config.fill_rate)
         for entries in matched:
-            if not self._acquire(now, ",".join(f"{k}={v}" for k, v in entries),
+            if not self._acquire(now, _text(entries),
                                  self._buckets[entries]):
                 return False
         if not matched or self.config.always_consume_default_token_bucket:
@@ -450,7 +472,7 @@ class GlobalRateLimitConfig:
     def from_config(cls, config: Mapping[str, Any]) -> GlobalRateLimitConfig:
         """Build from ``{domain, descriptors: [{key, value?, rate_limit?: {unit,
         requests_per_unit}, descriptors?: [...]}]}``; units are case-insensitive."""
-        return cls(str(config["domain"]), _tree(config.get("descriptors", ()), "descriptors"))
+        return cls(str(config["domain"]), _tree(config.get("descriptors", ()), ("descriptors",)))
 
     def quota(self, entries: Entries) -> Quota | None:
         """The quota of a request descriptor, or None (no limit applies).
@@ -469,19 +491,21 @@ class GlobalRateLimitConfig:
         return found
 
 
-def _tree(items: Iterable[Mapping[str, Any]], where: str) -> dict[str, _Node]:
+def _tree(items: Iterable[Mapping[str, Any]],
+          where: tuple[str | int, ...]) -> dict[str, _Node]:
     out: dict[str, _Node] = {}
-    for item in items:
+    for i, item in enumerate(items):
         unknown = set(item) - {"key", "value", "rate_limit", "descriptors"}
         if unknown:
-            raise ValueError(f"{where}: fields not modelled: {sorted(unknown)}")
+            raise ConfigError((*where, i), f"fields not modelled: {sorted(unknown)}")
         name = f"{item['key']}_{item['value']}" if item.get("value") else str(item["key"])
         if name in out:
-            raise ValueError(f"{where}: duplicate descriptor {name!r}")
+            raise ConfigError((*where, i), f"duplicate descriptor {name!r} (the rate-limit "
+                              "service refuses a config with two alike)")
         rl = item.get("rate_limit")
         quota = (Quota(int(rl["requests_per_unit"]), str(rl["unit"]).lower())
                  if rl is not None else None)
-        out[name] = _Node(quota, _tree(item.get("descriptors", ()), f"{where}.{name}"))
+        out[name] = _Node(quota, _tree(item.get("descriptors", ()), (*where, i, "descriptors")))
     return out
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshsim.policies.rate_limit import (
+    ConfigError,
     Decision,
     GlobalRateLimitConfig,
     GlobalRateLimitFilter,
@@ -183,16 +184,26 @@ def test_from_envoy_reads_typed_config():
         LocalDescriptor((("client_id", "a"),), TokenBucketConfig(1, 1, 1.0)),)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"token_bucket": TokenBucketConfig(1, 1, 0.02)}, ">= 50ms"),
+@pytest.mark.parametrize(("kwargs", "message", "path"), [
+    ({"token_bucket": TokenBucketConfig(1, 1, 0.02)}, ">= 50ms", ("token_bucket", "fill_interval")),
     ({"descriptors": (LocalDescriptor((("k", "v"),), TokenBucketConfig(1, 1, 0.15)),)},
-     "multiple"),
-    ({"filter_enabled": 101}, "percentage"),
+     "multiple", ("descriptors", 0, "token_bucket", "fill_interval")),
+    ({"descriptors": (LocalDescriptor((("k", "v"),), TokenBucketConfig(1, 1, 0.1)),) * 2},
+     "duplicate", ("descriptors", 1, "entries")),
+    ({"filter_enabled": 101}, "percentage", ("filter_enabled",)),
 ])
-def test_invalid_local_config_says_which_field(kwargs, message):
+def test_invalid_local_config_says_which_field(kwargs, message, path):
     kwargs.setdefault("token_bucket", TokenBucketConfig(1, 1, 0.1))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         LocalRateLimitConfig(**kwargs)
+    assert info.value.path == path
+
+
+def test_invalid_service_config_says_where():
+    with pytest.raises(ConfigError, match="duplicate") as info:
+        GlobalRateLimitConfig.from_config({"domain": "d", "descriptors": [
+            {"key": "a", "descriptors": [{"key": "b"}, {"key": "b"}]}]})
+    assert info.value.path == ("descriptors", 0, "descriptors", 1)
 
 
 # -- network (L4) local rate limit (§5.3) --------------------------------------------------------
