@@ -319,8 +319,9 @@ class ConnectionPool:
     __slots__ = (
         "_budget", "_conn_capacity", "_cx_open", "_lifetime", "_max_connections", "_max_pending",
         "_max_requests", "_max_retries", "_min_retry", "_next_id", "_pending_open", "_retry_open",
-        "_rq_open", "_stream_limit", "active_requests", "active_retries", "attached_conn", "config",
-        "connections", "events", "hosts", "overflowed", "pending", "stats", "to_connect",
+        "_rq_open", "_rq_total", "_stats", "_stream_limit", "active_requests", "active_retries",
+        "attached_conn", "config", "connections", "events", "hosts", "overflowed", "pending",
+        "to_connect",
     )
 
     def __init__(self, n_hosts: int, config: PoolConfig):
@@ -332,7 +333,8 @@ class ConnectionPool:
         self.attached_conn = -1
         self.to_connect: list[tuple[int, int]] = []
         self.overflowed: list[Any] = []
-        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self._stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self._rq_total = 0  # upstream_rq_total, kept apart: it moves on every request
         self.events: list[tuple[float, str, int, str]] = []
         self._max_connections = config.max_connections
         self._max_pending = config.max_pending_requests
@@ -346,6 +348,12 @@ class ConnectionPool:
         self._conn_capacity = min(self._stream_limit, self._lifetime)  # currentUnusedCapacity
         self._next_id = 0
         self._cx_open = self._pending_open = self._rq_open = self._retry_open = False
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The cluster's counters, :data:`STAT_NAMES` (one dict, updated as the pool works)."""
+        self._stats["upstream_rq_total"] = self._rq_total
+        return self._stats
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -376,18 +384,18 @@ class ConnectionPool:
             # max_requests and refuses rather than queueing. (Envoy then calls
             # tryCreateNewConnections to preconnect, which does nothing at preconnect ratio 1.)
             if self.active_requests >= self._max_requests:
-                self.stats["upstream_rq_active_overflow"] += 1
+                self._stats["upstream_rq_active_overflow"] += 1
                 return OVERFLOW
             self.attached_conn = self._attach(now, hp).id
             return ATTACHED
         if self.pending >= self._max_pending:
             # No connection is ever opened for a request refused here: with
             # max_pending_requests 0 a host with no ready connection gets none.
-            self.stats["upstream_rq_pending_overflow"] += 1
+            self._stats["upstream_rq_pending_overflow"] += 1
             return OVERFLOW
         hp.pending.append(token)
         self.pending += 1
-        self.stats["upstream_rq_pending_total"] += 1
+        self._stats["upstream_rq_pending_total"] += 1
         if self.pending >= self._max_pending and not self._pending_open:
             self._pending_open = True
             self.events.append((now, _SATURATED, -1, "pending"))
@@ -435,7 +443,7 @@ class ConnectionPool:
         del hp.conns[conn_id]
         hp.connecting_capacity -= self._conn_capacity
         self.connections -= 1
-        stats = self.stats
+        stats = self._stats
         stats["upstream_cx_connect_fail"] += 1
         if timed_out:
             stats["upstream_cx_connect_timeout"] += 1
@@ -499,7 +507,7 @@ class ConnectionPool:
         except ValueError:
             return False
         self.pending -= 1
-        self.stats["upstream_rq_cancelled"] += 1
+        self._stats["upstream_rq_cancelled"] += 1
         self._settle_pending(now)
         return True
 
@@ -571,14 +579,14 @@ class ConnectionPool:
         conn.streams += 1
         conn.remaining -= 1
         if conn.remaining == 0:
-            self.stats["upstream_cx_max_requests"] += 1
+            self._stats["upstream_cx_max_requests"] += 1
             conn.state = _DRAINING
             hp.ready.pop()
         elif conn.streams == self._stream_limit:
             conn.state = _BUSY
             hp.ready.pop()
         self.active_requests += 1
-        self.stats["upstream_rq_total"] += 1
+        self._rq_total += 1
         if self.active_requests >= self._max_requests and not self._rq_open:
             self._rq_open = True
             self.events.append((now, _SATURATED, -1, "requests"))
@@ -598,7 +606,7 @@ class ConnectionPool:
                 # attachStreamToClient refuses; the connection keeps its capacity, so the loop
                 # refuses every following request too. Since 1.38 this counts
                 # upstream_rq_active_overflow only (§13).
-                self.stats["upstream_rq_active_overflow"] += 1
+                self._stats["upstream_rq_active_overflow"] += 1
                 self.overflowed.append(token)
             else:
                 self._attach(now, hp)
@@ -617,7 +625,7 @@ class ConnectionPool:
             if len(hp.pending) <= hp.connecting_capacity:
                 return
             if self.connections >= self._max_connections:
-                self.stats["upstream_cx_overflow"] += 1
+                self._stats["upstream_cx_overflow"] += 1
                 # ... except that a host with no connection at all gets one anyway, or its
                 # queue could never be served (CreatedButRateLimited ends the loop).
                 if not hp.conns:
@@ -632,7 +640,7 @@ class ConnectionPool:
         hp.conns[conn_id] = _Conn(conn_id, self._lifetime)
         hp.connecting_capacity += self._conn_capacity
         self.connections += 1
-        self.stats["upstream_cx_total"] += 1
+        self._stats["upstream_cx_total"] += 1
         if self.connections >= self._max_connections and not self._cx_open:
             self._cx_open = True
             self.events.append((now, _SATURATED, -1, "connections"))
