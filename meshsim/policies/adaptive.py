@@ -24,6 +24,7 @@ comes from a ``uniform() -> float in [0, 1)`` callable given to the constructor.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -86,9 +87,14 @@ def _fields(value: Any, path: str, known: Iterable[str]) -> Mapping[str, Any]:
     """``value`` as a mapping with only ``known`` keys (and ``@type``)."""
     if not isinstance(value, Mapping):
         raise _fail(path, f"expected a mapping, got {value!r}")
-    unknown = set(value) - set(known) - {"@type"}
+    unknown = sorted(set(value) - set(known) - {"@type"})
     if unknown:
-        raise _fail(path, f"fields not modelled: {sorted(unknown)}")
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else \
+            f"; expected one of: {', '.join(sorted(known))}"
+        raise _fail(f"{path}.{key}" if path else key,
+                    f"unknown or not modelled field{hint}")
     return value
 
 

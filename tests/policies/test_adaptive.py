@@ -99,7 +99,7 @@ def _gc_typed(clp=None, mrp=None, **top) -> dict:
      "min_rtt_calc_params.min_concurrency: expected an integer"),
     (_gc_typed(clp={"concurrency_update_interval": "100us"}),
      "concurrency_update_interval: must be >= 1ms"),
-    (_gc_typed(mrp={"interval": 60, "max_rtt": 1}), "min_rtt_calc_params: fields not modelled"),
+    (_gc_typed(mrp={"interval": 60, "max_rtt": 1}), "min_rtt_calc_params.max_rtt: unknown or not modelled field"),
     ({"gradient_controller_config": {"concurrency_limit_params": {
         "concurrency_update_interval": 0.1}}},
      "gradient_controller_config.min_rtt_calc_params: is required"),
@@ -378,7 +378,7 @@ def test_admission_from_envoy_reads_the_docs_example():
      "grpc_success_status: invalid gRPC code 17"),
     ({"success_criteria": {}, "rps_threshold": {"default_value": "many"}},
      "rps_threshold.default_value: expected a number"),
-    ({"success_criteria": {}, "rules": []}, "typed_config: fields not modelled: ['rules']"),
+    ({"success_criteria": {}, "rules": []}, "typed_config.rules: unknown or not modelled field"),
 ])
 def test_admission_from_envoy_names_the_bad_field(typed, message):
     with pytest.raises(ValueError, match=re.escape(message)):
