@@ -294,6 +294,10 @@ class RateLimitService(Model):
     outages: list[Outage] = Field(default_factory=list)
     """Windows during which the service does not answer: every call then waits for the
     ``timeout``."""
+    capacity: PositiveInt | None = None
+    """Calls the service works on at once (its replicas × their workers); further calls wait
+    in order of arrival, and one that waits so long that it cannot answer within the
+    ``timeout`` is an error to the filter (the service still works on it). Unset: unlimited."""
 
     @model_validator(mode="after")
     def _builds(self) -> RateLimitService:

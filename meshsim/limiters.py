@@ -22,6 +22,7 @@ Every request carries one descriptor, ``client`` = the id of the client that sen
 from __future__ import annotations
 
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 from .envoy import CLIENT_KEY
@@ -158,7 +159,9 @@ class SharedService:
 
     The service counts a call when the call is made (a simplification: the real one counts when
     the call reaches it, half a latency later). During an outage it does not answer and counts
-    nothing: every call waits for the ``timeout``.
+    nothing: every call waits for the ``timeout``. With a ``capacity``, it works on that many
+    calls at once, first come first served: a call's answer takes its wait for a free slot plus
+    its latency, and holds the slot that long even if the filter has given up on it.
     """
 
     def __init__(self, block: RateLimitService, latency: Callable[[], float]):
@@ -167,6 +170,9 @@ class SharedService:
                                             block.failure_mode_deny)
         self.outages = [(o.start, o.end) for o in block.outages]
         self.latency = latency
+        # When each of the service's busy slots frees up (a heap), with a capacity.
+        self.capacity = block.capacity
+        self.busy_until: list[float] = []
 
     def ask(self, now: float, descriptors: list[Any]) -> tuple[float, ServiceAnswer]:
         """One call at ``now`` (seconds): the wait (seconds) and the answer the filter gets."""
@@ -174,7 +180,17 @@ class SharedService:
             if start <= now < end:
                 return self.filter.timeout, "TIMEOUT"
         answer = self.counters.should_rate_limit(now, descriptors)
-        return self.filter.answer_after(self.latency(), answer)
+        took = self.latency()
+        if self.capacity is not None:
+            # Calls come in time order, so a FIFO queue over `capacity` slots is the earliest
+            # free slot's time (a c-server queue with the service times known on arrival).
+            busy = self.busy_until
+            while busy and busy[0] <= now:
+                heappop(busy)
+            start = now if len(busy) < self.capacity else heappop(busy)
+            heappush(busy, start + took)
+            took += start - now
+        return self.filter.answer_after(took, answer)
 
 
 class GlobalFilter:

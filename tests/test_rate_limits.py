@@ -375,3 +375,31 @@ def test_rate_limits_with_pools_timeouts_and_retries_end_every_request_once():
         flags = set(zip(rows["destination"], rows["status"], rows["flags"], strict=True))
         assert {("ingress", 429, "RL"), ("b", 429, "-"), ("b", 429, "URX"),
                 ("b", 504, "UT")} <= flags
+
+
+# ---- global rate limit: the service's capacity ------------------------------------------------
+
+
+def capacity_scenario(capacity: int) -> meshsim.Scenario:
+    return build({"front": SERVICE}, [via_ingress("front", "1000/s", "u")], duration="3s",
+                 mesh={"ingressGateway": {"replicas": 1, "globalRateLimit": {}},
+                       "rateLimitService": {
+                           "domain": "shop", "latency": "5ms", "capacity": capacity,
+                           "descriptors": [{"key": "client", "rate_limit": {
+                               "unit": "second", "requests_per_unit": 100000}}]}})
+
+
+def test_an_overloaded_rate_limit_service_times_out_and_the_filter_fails_open():
+    # 1000 calls/s at 5 ms each need 5 slots on average. With 10 nothing waits long; with 4
+    # the queue grows without bound, calls soon wait past the 20 ms timeout and the filter
+    # lets the requests through after the timeout (fail open).
+    ample, short = meshsim.run(capacity_scenario(10), seed=2), meshsim.run(capacity_scenario(4),
+                                                                           seed=2)
+    assert stat(ample, "ratelimit.error") < 0.01 * stat(ample, "ratelimit.ok")
+    errors, ok = stat(short, "ratelimit.error"), stat(short, "ratelimit.ok")
+    assert errors > 0.5 * (errors + ok)
+    rows = e2e(short)
+    rows = rows[rows["status"] != 0]
+    assert set(rows["status"]) == {200}
+    late = rows[rows["t_start"] >= 1.5]  # the queue is long by then: every call times out
+    assert np.allclose(late["t_end"] - late["t_start"], 0.020 + 0.001)
