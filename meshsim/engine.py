@@ -28,6 +28,7 @@ import simpy
 from . import rng as rng_mod
 from .app_breakers import build_breaker
 from .attempt import Attempt
+from .checks import selects
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
 from .limiters import attach as attach_limits
@@ -42,7 +43,7 @@ from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy
 from .result import Result
 from .router import Router
-from .scenario import BurstyErrors, Call, Deployment, Scenario, selects
+from .scenario import BurstyErrors, Call, Deployment, Scenario
 from .service import GatewayPod, Pod, bursty_state
 from .sidecar import Cluster, WeightedClusters
 from .workload import ClientDriver

@@ -26,7 +26,14 @@ from pydantic import BaseModel, Discriminator, Tag, ValidationError
 if TYPE_CHECKING:
     from meshsim.yamlio import LineMap
 
-__all__ = ["Issue", "ScenarioError", "format_path", "from_validation_error", "issue"]
+__all__ = [
+    "Issue",
+    "ScenarioError",
+    "format_path",
+    "from_validation_error",
+    "issue",
+    "unknown_name",
+]
 
 FieldPath = tuple[str | int, ...]
 
@@ -599,3 +606,14 @@ def _suggest(word: Any, choices: Sequence[Any]) -> str:
 def _listing(items: Sequence[Any]) -> str:
     shown = ", ".join(str(i) for i in items[:_MAX_LISTED])
     return shown + (", ..." if len(items) > _MAX_LISTED else "")
+
+
+def unknown_name(name: str, known: set[str], what: str) -> str:
+    """The message for a name that is not one of ``known`` (a ``what``), with a suggestion."""
+    msg = f"unknown {what} {name!r}"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"{msg} (did you mean {close[0]!r}?)"
+    if known:
+        return f"{msg} (expected one of: {', '.join(sorted(known)[:12])})"
+    return msg
