@@ -50,6 +50,7 @@ __all__ = [
     "FLAG_FALLBACK",
     "FLAG_OPEN",
     "BreakerSpec",
+    "PluginError",
     "WhenOpen",
     "build_breaker",
     "register_breaker",
@@ -265,6 +266,10 @@ class CustomSpec(_Common):
     def make(self) -> Breaker:
         return _instantiate(_resolve(self.class_), self.params)
 
+    def make_guarded(self, where: str) -> Breaker:
+        """:meth:`make`, for a run: errors of the user's class name the class and ``where``."""
+        return _Guarded(self.make(), f"{self.class_} ({where})")
+
 
 def _resolve(name: str) -> type:
     if ":" not in name:
@@ -290,6 +295,44 @@ def _resolve(name: str) -> type:
     return cls
 
 
+class PluginError(Exception):
+    """A custom breaker class raised: the user's code failed, not meshsim's."""
+
+
+class _Guarded:
+    """A custom breaker, with its errors reported as the user's code's, with where and when."""
+
+    __slots__ = ("inner", "where")
+
+    def __init__(self, inner: Any, where: str):
+        self.inner = inner
+        self.where = where
+
+    @property
+    def events(self) -> list[tuple[float, str, int, str]]:
+        return self.inner.events
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats
+
+    def allow(self, now: float) -> bool:
+        try:
+            return bool(self.inner.allow(now))
+        except Exception as exc:
+            raise self._error("allow", now, exc) from exc
+
+    def on_result(self, now: float, failure: bool, duration: float) -> None:
+        try:
+            self.inner.on_result(now, failure, duration)
+        except Exception as exc:
+            raise self._error("on_result", now, exc) from exc
+
+    def _error(self, method: str, now: float, exc: Exception) -> PluginError:
+        return PluginError(f"the custom breaker {self.where} raised in {method}() at "
+                           f"t={now:.6g}s: {type(exc).__name__}: {exc}")
+
+
 def _instantiate(cls: type, params: dict[str, Any]) -> Breaker:
     accepted = _keywords(cls)
     if accepted is not None:
@@ -300,8 +343,9 @@ def _instantiate(cls: type, params: dict[str, Any]) -> Breaker:
                 raise ValueError(f"{cls.__name__} takes no parameter {key!r}{hint}")
     try:
         breaker = cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{cls.__name__}(**params) failed: {exc}") from None
+    except Exception as exc:  # the user's constructor: any failure is a scenario error
+        raise ValueError(f"{cls.__name__}(**params) failed: {type(exc).__name__}: {exc}"
+                         ) from None
     missing = [m for m in ("allow", "on_result") if not callable(getattr(breaker, m, None))]
     if missing:
         raise ValueError(f"{cls.__name__} is not a breaker: it has no "
@@ -335,6 +379,8 @@ BreakerSpec = Annotated[
 ]
 
 
-def build_breaker(spec: Any) -> tuple[Breaker, OutcomeClassifier]:
-    """A fresh breaker for one calling pod, and the classifier of its outcomes."""
-    return spec.make(), spec.failures.classifier()
+def build_breaker(spec: Any, where: str = "") -> tuple[Breaker, OutcomeClassifier]:
+    """A fresh breaker for one calling pod (``where``: e.g. ``frontend-0 -> cart``, for the
+    errors of a custom class), and the classifier of its outcomes."""
+    breaker = spec.make_guarded(where) if isinstance(spec, CustomSpec) else spec.make()
+    return breaker, spec.failures.classifier()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .app_breakers import APP_FLAGS
+from .app_breakers import APP_FLAGS, PluginError
 from .errors import ScenarioError
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except ScenarioError as err:
         print(err, file=sys.stderr)
+        return EXIT_INPUT
+    except PluginError as err:  # the user's own class failed during the run
+        print(f"meshsim: {err}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("meshsim: interrupted; nothing was written", file=sys.stderr)

@@ -541,7 +541,7 @@ class Engine:
         key = (cl.proxy, dest)
         if breaker is not None:
             if key not in self.app_breakers:
-                self.app_breakers[key] = build_breaker(breaker)
+                self.app_breakers[key] = build_breaker(breaker, f"{cl.proxy} -> {dest}")
             cl.breaker, cl.classifier = self.app_breakers[key]
             cl.when_open = breaker.when_open
         if admission is not None:

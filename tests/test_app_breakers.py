@@ -294,3 +294,46 @@ def test_calls_the_breaker_refused_are_not_in_the_sidecars_access_log():
     both = r.requests
     assert len(lines) == int((both["flags"] != "breaker_open").sum())
     assert not any("breaker_open" in line for line in lines)
+
+
+class Faulty:
+    """A custom breaker with bugs of its own."""
+
+    def __init__(self, fail_in_init: bool = False):
+        if fail_in_init:
+            raise RuntimeError("cannot start")
+        self.events: list = []
+        self.stats: dict = {}
+
+    def allow(self, now: float) -> bool:
+        if now > 0.5:
+            raise ZeroDivisionError("oops")
+        return True
+
+    def on_result(self, now: float, failure: bool, duration: float) -> None:
+        pass
+
+
+def test_a_custom_breaker_that_fails_in_its_constructor_is_a_scenario_error():
+    breaker = "{kind: custom, class: 'test_app_breakers:Faulty', params: {fail_in_init: true}}"
+    with pytest.raises(ScenarioError, match=r"custom.yaml:4: services\.a\.breakers\.b: Faulty"
+                                            r"\(\*\*params\) failed: RuntimeError: cannot start"):
+        meshsim.loads_scenario(CUSTOM_YAML.format(breaker=breaker), "custom.yaml")
+
+
+def test_a_custom_breaker_that_fails_during_a_run_is_named_with_where_and_when(capsys, tmp_path):
+    from meshsim.app_breakers import PluginError
+    from meshsim.cli import main
+
+    breaker = "{kind: custom, class: 'test_app_breakers:Faulty'}"
+    sc = meshsim.loads_scenario(CUSTOM_YAML.format(breaker=breaker), "custom.yaml")
+    with pytest.raises(PluginError, match=r"the custom breaker test_app_breakers:Faulty "
+                                          r"\(a-0 -> b\) raised in allow\(\) at t=0\.5\d*s: "
+                                          r"ZeroDivisionError: oops"):
+        meshsim.run(sc)
+    # The command line reports it as the user's code's error, exit 2, no traceback.
+    path = tmp_path / "custom.yaml"
+    path.write_text(CUSTOM_YAML.format(breaker=breaker))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "raised in allow()" in err and "Traceback" not in err and "bug in meshsim" not in err
