@@ -93,9 +93,10 @@ SOURCE_ANNOTATION = "meshsim/source"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshsim"}
 
 #: Why some settings are not exported (README.txt and the CLI say it before listing them).
-NOT_EXPORTED_NOTE = ("Not exported: rate limits. Istio has no API for them; they need EnvoyFilter "
-                     "resources\n(and, for a global limit, a rate-limit service), which you "
-                     "write from these blocks:")
+NOT_EXPORTED_NOTE = ("Not exported: settings Istio has no API for. Rate limits, adaptive "
+                     "concurrency and admission\ncontrol need EnvoyFilter resources (and, for a "
+                     "global limit, a rate-limit service); app-level\nbreakers live in the "
+                     "application's code. Write them from these blocks:")
 _SNAKE = {"localRateLimit": "local_rate_limit", "globalRateLimit": "global_rate_limit"}
 _GATEWAY_NAMES = {"ingress": "ingress-gateway", "egress": "egress-gateway"}
 _GATEWAY_LABELS = {"ingress": {"istio": "ingressgateway"}, "egress": {"istio": "egressgateway"}}
@@ -141,8 +142,10 @@ def istio_manifests(scenario: Scenario, namespace: str = "default") -> list[dict
 
 
 def not_exported(scenario: Scenario) -> list[str]:
-    """The scenario's settings that no exported resource carries: its rate limits (see the
-    module docstring), as paths in the scenario file (``mesh.ingressGateway.localRateLimit``)."""
+    """The scenario's settings that no exported resource carries (Istio has no API for them):
+    rate limits (see the module docstring), adaptive concurrency and admission control (also
+    ``EnvoyFilter`` territory) and app-level breakers (application code), as paths in the
+    scenario file (``mesh.ingressGateway.localRateLimit``)."""
     mesh = scenario.mesh
     paths = []
     for field in ("ingressGateway", "egressGateway"):
@@ -150,10 +153,21 @@ def not_exported(scenario: Scenario) -> list[str]:
         for name in ("localRateLimit", "globalRateLimit"):
             if gw is not None and getattr(gw, _SNAKE[name]) is not None:
                 paths.append(f"mesh.{field}.{name}")
-    paths += [f"mesh.sidecars.{name}.localRateLimit" for name, sidecar in mesh.sidecars.items()
-              if sidecar.local_rate_limit is not None]
+    for name, sidecar in mesh.sidecars.items():
+        if sidecar.local_rate_limit is not None:
+            paths.append(f"mesh.sidecars.{name}.localRateLimit")
+        if sidecar.adaptive_concurrency is not None:
+            paths.append(f"mesh.sidecars.{name}.adaptiveConcurrency")
+        paths += [f"mesh.sidecars.{name}.admissionControl.{dest}"
+                  for dest in sidecar.admission_control]
     if mesh.rate_limit_service is not None:
         paths.append("mesh.rateLimitService")
+    paths += [f"services.{name}.breakers.{dest}" for name, svc in scenario.services.items()
+              for dest in svc.breakers]
+    for field in ("ingressGateway", "egressGateway"):
+        gw = getattr(mesh, f"{field[:-7]}_gateway")
+        if gw is not None:
+            paths += [f"mesh.{field}.breakers.{dest}" for dest in gw.breakers]
     return paths
 
 

@@ -560,9 +560,24 @@ def test_rate_limits_are_not_exported_and_the_export_says_so(capsys, tmp_path):
     assert export.not_exported(load_scenario(ROOT / "scenarios" / "shop.yaml")) == []
     code, out, err = cli(capsys, "export", "istio", path, "-o", tmp_path / "out")
     assert code == 0 and out.startswith("2 resources written")
-    assert err.startswith("meshsim: Not exported: rate limits.")
+    assert err.startswith("meshsim: Not exported: settings Istio has no API for.")
     assert "  mesh.sidecars.cart.localRateLimit\n" in err
     readme = (tmp_path / "out" / "README.txt").read_text()
     assert readme.endswith(export.NOT_EXPORTED_NOTE + "\n  mesh.ingressGateway.localRateLimit\n"
                            "  mesh.ingressGateway.globalRateLimit\n"
                            "  mesh.sidecars.cart.localRateLimit\n  mesh.rateLimitService\n")
+
+
+def test_breakers_and_envoy_filters_are_listed_as_not_exported():
+    sc = load_scenario(ROOT / "tests" / "cases" / "valid" / "breakers.yaml")
+    assert export.not_exported(sc) == [
+        "services.api.breakers.cart", "services.api.breakers.stock",
+        "services.api.breakers.pay.example.com", "mesh.ingressGateway.breakers.api",
+        "mesh.egressGateway.breakers.pay.example.com"]
+    sc = sc.with_overrides({"mesh.sidecars.api": {
+        "adaptiveConcurrency": {"gradient_controller_config": {
+            "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
+            "min_rtt_calc_params": {"interval": "60s"}}},
+        "admissionControl": {"cart": {"success_criteria": {}}}}})
+    assert export.not_exported(sc)[:2] == ["mesh.sidecars.api.adaptiveConcurrency",
+                                           "mesh.sidecars.api.admissionControl.cart"]

@@ -99,7 +99,8 @@ def _gc_typed(clp=None, mrp=None, **top) -> dict:
      "min_rtt_calc_params.min_concurrency: expected an integer"),
     (_gc_typed(clp={"concurrency_update_interval": "100us"}),
      "concurrency_update_interval: must be >= 1ms"),
-    (_gc_typed(mrp={"interval": 60, "max_rtt": 1}), "min_rtt_calc_params.max_rtt: unknown or not modelled field"),
+    (_gc_typed(mrp={"interval": 60, "max_rtt": 1}),
+     "min_rtt_calc_params.max_rtt: unknown or not modelled field"),
     ({"gradient_controller_config": {"concurrency_limit_params": {
         "concurrency_update_interval": 0.1}}},
      "gradient_controller_config.min_rtt_calc_params: is required"),
