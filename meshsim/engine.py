@@ -32,12 +32,8 @@ from .checks import selects
 from .distributions import Constant
 from .istio import TrafficPolicy, istio_dict
 from .limiters import attach as attach_limits
-from .policies.adaptive import (
-    AdmissionControlConfig,
-    AdmissionController,
-    GradientController,
-    GradientControllerConfig,
-)
+from .policies.adaptive_concurrency import GradientController, GradientControllerConfig
+from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.retry import RetryPolicy

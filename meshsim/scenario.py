@@ -51,7 +51,8 @@ from .istio import (
     VirtualService,
     merge_traffic_policy,
 )
-from .policies.adaptive import AdmissionControlConfig, GradientControllerConfig
+from .policies.adaptive_concurrency import GradientControllerConfig
+from .policies.admission_control import AdmissionControlConfig
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 

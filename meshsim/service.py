@@ -18,7 +18,7 @@ from .policies.connection_pool import ATTACHED, OVERFLOW
 
 if TYPE_CHECKING:
     from .engine import Attempt, Engine
-    from .policies.adaptive import GradientController
+    from .policies.adaptive_concurrency import GradientController
     from .policies.connection_pool import ConnectionPool
 
 __all__ = ["GatewayPod", "Pod", "bursty_state"]

@@ -11,12 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshsim.policies.adaptive import (
+from meshsim.policies.adaptive_concurrency import GradientController, GradientControllerConfig
+from meshsim.policies.admission_control import (
     DEFAULT_GRPC_SUCCESS_STATUS,
     AdmissionControlConfig,
     AdmissionController,
-    GradientController,
-    GradientControllerConfig,
 )
 
 SEED = 20260714
