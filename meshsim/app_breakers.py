@@ -43,6 +43,7 @@ from .policies.breakers import (
     Resilience4j,
     Resilience4jConfig,
 )
+from .policies.protocol import BreakerPolicy, Completion, Policy, Request
 from .units import NonNegDuration, PosDuration
 
 __all__ = [
@@ -266,9 +267,13 @@ class CustomSpec(_Common):
     def make(self) -> Breaker:
         return _instantiate(_resolve(self.class_), self.params)
 
-    def make_guarded(self, where: str) -> Breaker:
-        """:meth:`make`, for a run: errors of the user's class name the class and ``where``."""
-        return _Guarded(self.make(), f"{self.class_} ({where})")
+    def make_policy(self, where: str) -> Policy:
+        """:meth:`make` behind :class:`~meshsim.policies.protocol.Policy`, for a run: errors of
+        the user's class name the class and ``where``."""
+        obj = self.make()
+        native = isinstance(obj, Policy)
+        inner = obj if native else BreakerPolicy(obj, self.failures.classifier())
+        return _Guarded(inner, f"{self.class_} ({where})", native)
 
 
 def _resolve(name: str) -> type:
@@ -302,11 +307,12 @@ class PluginError(Exception):
 class _Guarded:
     """A custom breaker, with its errors reported as the user's code's, with where and when."""
 
-    __slots__ = ("inner", "where")
+    __slots__ = ("inner", "native", "where")
 
-    def __init__(self, inner: Any, where: str):
+    def __init__(self, inner: Policy, where: str, native: bool):
         self.inner = inner
         self.where = where
+        self.native = native  # the class implements Policy itself (else it is a breaker)
 
     @property
     def events(self) -> list[tuple[float, str, int, str]]:
@@ -316,17 +322,17 @@ class _Guarded:
     def stats(self) -> dict[str, int]:
         return self.inner.stats
 
-    def allow(self, now: float) -> bool:
+    def admit(self, now: float, request: Request) -> bool:
         try:
-            return bool(self.inner.allow(now))
+            return bool(self.inner.admit(now, request))
         except Exception as exc:
-            raise self._error("allow", now, exc) from exc
+            raise self._error("admit" if self.native else "allow", now, exc) from exc
 
-    def on_result(self, now: float, failure: bool, duration: float) -> None:
+    def on_outcome(self, now: float, request: Request, completion: Completion) -> None:
         try:
-            self.inner.on_result(now, failure, duration)
+            self.inner.on_outcome(now, request, completion)
         except Exception as exc:
-            raise self._error("on_result", now, exc) from exc
+            raise self._error("on_outcome" if self.native else "on_result", now, exc) from exc
 
     def _error(self, method: str, now: float, exc: Exception) -> PluginError:
         return PluginError(f"the custom breaker {self.where} raised in {method}() at "
@@ -346,11 +352,13 @@ def _instantiate(cls: type, params: dict[str, Any]) -> Breaker:
     except Exception as exc:  # the user's constructor: any failure is a scenario error
         raise ValueError(f"{cls.__name__}(**params) failed: {type(exc).__name__}: {exc}"
                          ) from None
+    policy = all(callable(getattr(breaker, m, None)) for m in ("admit", "on_outcome"))
     missing = [m for m in ("allow", "on_result") if not callable(getattr(breaker, m, None))]
-    if missing:
+    if missing and not policy:
         raise ValueError(f"{cls.__name__} is not a breaker: it has no "
                          + " or ".join(f"{m}()" for m in missing)
-                         + " (see meshsim.policies.breakers.Breaker)")
+                         + " (see meshsim.policies.breakers.Breaker), nor admit() and "
+                         "on_outcome() (meshsim.policies.protocol.Policy)")
     for attr, default in (("events", []), ("stats", {})):
         if not hasattr(breaker, attr):
             setattr(breaker, attr, default)
@@ -379,8 +387,9 @@ BreakerSpec = Annotated[
 ]
 
 
-def build_breaker(spec: Any, where: str = "") -> tuple[Breaker, OutcomeClassifier]:
-    """A fresh breaker for one calling pod (``where``: e.g. ``frontend-0 -> cart``, for the
-    errors of a custom class), and the classifier of its outcomes."""
-    breaker = spec.make_guarded(where) if isinstance(spec, CustomSpec) else spec.make()
-    return breaker, spec.failures.classifier()
+def build_breaker(spec: Any, where: str = "") -> Policy:
+    """A fresh breaker for one calling pod, behind :class:`~meshsim.policies.protocol.Policy`
+    (``where``: e.g. ``frontend-0 -> cart``, for the errors of a custom class)."""
+    if isinstance(spec, CustomSpec):
+        return spec.make_policy(where)
+    return BreakerPolicy(spec.make(), spec.failures.classifier())

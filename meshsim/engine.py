@@ -36,6 +36,7 @@ from .policies.adaptive_concurrency import GradientController, GradientControlle
 from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
+from .policies.protocol import AdmissionPolicy
 from .policies.retry import RetryPolicy
 from .result import Result
 from .router import Router
@@ -118,10 +119,10 @@ class Engine:
         self.flag_names = Names(["-"])
         self.no_host = _NoHost(self.hosts.code("-"))
         self.clusters: list[Cluster] = []
-        #: App-level breakers (with their outcome classifiers) and admission controllers, by
-        #: (calling pod, destination).
-        self.app_breakers: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self.admissions: dict[tuple[str, str], AdmissionController] = {}
+        #: App-level breakers and admission controllers, by (calling pod, destination), as
+        #: :class:`~meshsim.policies.protocol.Policy` objects.
+        self.app_breakers: dict[tuple[str, str], Any] = {}
+        self.admissions: dict[tuple[str, str], Any] = {}
         self.router = Router(self)
         self._elaborate()
 
@@ -538,14 +539,15 @@ class Engine:
         if breaker is not None:
             if key not in self.app_breakers:
                 self.app_breakers[key] = build_breaker(breaker, f"{cl.proxy} -> {dest}")
-            cl.breaker, cl.classifier = self.app_breakers[key]
+            cl.breaker = self.app_breakers[key]
             cl.when_open = breaker.when_open
         if admission is not None:
             if key not in self.admissions:
-                self.admissions[key] = AdmissionController(
+                self.admissions[key] = AdmissionPolicy(AdmissionController(
                     AdmissionControlConfig.from_envoy(admission),
-                    self.streams.uniform(f"admission:{cl.proxy}->{dest}"))
+                    self.streams.uniform(f"admission:{cl.proxy}->{dest}")))
             cl.admission = self.admissions[key]
+        cl.source_name, cl.guarded = source, dest
         cl.pool = ConnectionPool(len(cl.hosts), pool_cfg)
         cl.outlier = outlier
         cl.retry_policy = retry

@@ -195,7 +195,7 @@ def _events(engine: Engine) -> pd.DataFrame:
             for t, kind, host, detail in events:
                 name = cl.hosts[host].name if host is not None and host >= 0 else "-"
                 rows.append((t, kind, cl.proxy, cl.dest, name, detail))
-    gates = [((proxy, dest), b.events) for (proxy, dest), (b, _) in engine.app_breakers.items()]
+    gates = [((proxy, dest), b.events) for (proxy, dest), b in engine.app_breakers.items()]
     gates += [((proxy, dest), a.events) for (proxy, dest), a in engine.admissions.items()]
     for (proxy, dest), events in gates:
         for t, kind, _, detail in events:
@@ -223,7 +223,7 @@ def _stats(engine: Engine) -> pd.DataFrame:
         if cl.outlier is not None:
             values.update({f"outlier_detection.{k}": v for k, v in cl.outlier.stats.items()})
         rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
-    gates = [(key, "app_circuit_breaker", b.stats) for key, (b, _) in engine.app_breakers.items()]
+    gates = [(key, "app_circuit_breaker", b.stats) for key, b in engine.app_breakers.items()]
     gates += [(key, "admission_control", a.stats) for key, a in engine.admissions.items()]
     for (proxy, dest), prefix, stats in gates:
         rows += [(proxy, dest, f"{prefix}.{k}", int(v)) for k, v in sorted(stats.items())]

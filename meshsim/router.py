@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .app_breakers import FLAG_FALLBACK, FLAG_OPEN
 from .attempt import Attempt
 from .policies.connection_pool import ATTACHED, OVERFLOW
+from .policies.protocol import Completion, Request
 from .policies.retry import Outcome, RetryState
 
 if TYPE_CHECKING:
@@ -251,12 +252,16 @@ class Router:
         """
         now = self.env._now
         cl = cluster
-        if cl.breaker is not None and not cl.breaker.allow(now):
-            self._refuse(parent, cl, optional, route_to, now)
-            return
-        if cl.admission is not None and not cl.admission.allow(now):
-            self._reject_admission(parent, cl, optional, route_to, now)
-            return
+        if cl.breaker is not None or cl.admission is not None:
+            # The caller app's breaker, then the sidecar's admission control filter: both are
+            # meshsim.policies.protocol.Policy objects, asked before the call is routed.
+            request = _request(parent, cl)
+            if cl.breaker is not None and not cl.breaker.admit(now, request):
+                self._refuse(parent, cl, optional, route_to, now)
+                return
+            if cl.admission is not None and not cl.admission.admit(now, request):
+                self._reject_admission(parent, cl, optional, route_to, now)
+                return
         call = Call(parent, cl, optional, route_to, now)
         deadline = call.deadline
         if deadline is not None and not cl.route_timers.lazy:
@@ -627,14 +632,13 @@ class Router:
         """The app gets the call's outcome: its breaker records it (after the sidecar's retries,
         as the client library sees it)."""
         cl = call.cluster
+        request = _request(call.parent, cl)
+        completion = Completion(status, now - call.start, "UT" in flags.split(","))
         if cl.admission is not None:
             # Envoy's filter sees the response the router sends downstream, local replies too.
-            cl.admission.on_result(now, status)
+            cl.admission.on_outcome(now, request, completion)
         if cl.breaker is not None:
-            duration = now - call.start
-            timed_out = "UT" in flags.split(",")
-            failure = cl.classifier.is_failure(status, timed_out, duration)
-            cl.breaker.on_result(now, failure, duration)
+            cl.breaker.on_outcome(now, request, completion)
 
     def _reject_admission(self, parent: Attempt, cl: Cluster, optional: bool,
                           route_to: str | None, now: float) -> None:
@@ -694,3 +698,7 @@ class Router:
         det.on_tick(self.env._now)
         self.engine.later(det.next_tick() - self.env._now, self._tick_cb, cl)
 
+
+def _request(parent: Attempt, cl: Cluster) -> Request:
+    """What a caller-side policy knows of a call of ``parent`` to ``cl``'s destination."""
+    return Request(parent.client.name, cl.source_name, cl.guarded)

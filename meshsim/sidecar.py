@@ -51,12 +51,12 @@ class Cluster:
     """
 
     __slots__ = (
-        "active", "admission", "avail", "back_delay", "breaker", "classifier", "code",
-        "connect_time",
-        "dest", "events", "hosts", "in_panic",
+        "active", "admission", "avail", "back_delay", "breaker", "code", "connect_time",
+        "dest", "events", "guarded", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
-        "route_timeout", "route_timers", "seen", "send", "stats", "try_timers", "when_open",
+        "route_timeout", "route_timers", "seen", "send", "source_name", "stats", "try_timers",
+        "when_open",
     )
 
     def __init__(
@@ -93,13 +93,16 @@ class Cluster:
         #: ``send(parent, cluster, optional, route_to)``: the engine's lean path or the router.
         self.send: Callable[..., None] | None = None
         self.route_timers: Any = None
-        #: The caller app's circuit breaker for this destination (``meshsim.app_breakers``),
-        #: its outcome classifier and what a refused call gets; None when there is none.
+        #: The caller app's circuit breaker for this destination (``meshsim.app_breakers``) and
+        #: what a refused call gets, and Envoy's admission control filter of this proxy, as
+        #: :class:`meshsim.policies.protocol.Policy` objects; None when there is none. They
+        #: see requests as from ``source_name`` (the calling service or gateway) to
+        #: ``guarded`` (the destination, not a subset or the egress gateway).
         self.breaker: Any = None
-        #: Envoy's admission control filter of this proxy for this destination, or None.
-        self.admission: Any = None
-        self.classifier: Any = None
         self.when_open: Any = None
+        self.admission: Any = None
+        self.source_name = ""
+        self.guarded = dest
         #: ``connect_time() -> float`` seconds to open a connection, or None for at once.
         self.connect_time: Callable[[], float] | None = None
         #: The retry policy's timeouts (seconds, None when off), read for every call.
