@@ -51,6 +51,7 @@ __all__ = [
     "FLAG_FALLBACK",
     "FLAG_OPEN",
     "BreakerSpec",
+    "CustomPolicySpec",
     "PluginError",
     "WhenOpen",
     "build_breaker",
@@ -276,6 +277,39 @@ class CustomSpec(_Common):
         return _Guarded(inner, f"{self.class_} ({where})", native)
 
 
+class CustomPolicySpec(Model):
+    """An admission policy of your own in a pod's sidecar (``mesh.sidecars.<service>.policies``):
+    a class implementing :class:`~meshsim.policies.protocol.Policy`."""
+
+    kind: Literal["custom"] = "custom"
+    class_: str = Field(alias="class")
+    """``package.module:Class``, or a name registered with :func:`register_breaker`."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the class's constructor."""
+    status: Annotated[int, Field(ge=100, le=599)] = 503
+    """The status the sidecar answers a refused request with."""
+
+    @field_validator("class_")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        _resolve(value)
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> CustomPolicySpec:
+        obj = _instantiate(_resolve(self.class_), self.params)
+        if not isinstance(obj, Policy):
+            raise ValueError(f"{type(obj).__name__} is not a policy: it needs admit(now, request) "
+                             "and on_outcome(now, request, completion) "
+                             "(see meshsim.policies.protocol.Policy)")
+        return self
+
+    def make_policy(self, where: str) -> Policy:
+        """A fresh instance for one pod; its errors name the class and ``where``."""
+        return _Guarded(_instantiate(_resolve(self.class_), self.params),
+                        f"{self.class_} ({where})", native=True)
+
+
 def _resolve(name: str) -> type:
     if ":" not in name:
         if name in _REGISTRY:
@@ -355,10 +389,8 @@ def _instantiate(cls: type, params: dict[str, Any]) -> Breaker:
     policy = all(callable(getattr(breaker, m, None)) for m in ("admit", "on_outcome"))
     missing = [m for m in ("allow", "on_result") if not callable(getattr(breaker, m, None))]
     if missing and not policy:
-        raise ValueError(f"{cls.__name__} is not a breaker: it has no "
-                         + " or ".join(f"{m}()" for m in missing)
-                         + " (see meshsim.policies.breakers.Breaker), nor admit() and "
-                         "on_outcome() (meshsim.policies.protocol.Policy)")
+        raise ValueError(f"{cls.__name__} implements neither meshsim.policies.protocol.Policy "
+                         "(admit(), on_outcome()) nor a breaker's API (allow(), on_result())")
     for attr, default in (("events", []), ("stats", {})):
         if not hasattr(breaker, attr):
             setattr(breaker, attr, default)

@@ -24,7 +24,6 @@ class Attempt:
 
     __slots__ = (
         "abandoned",
-        "adaptive_at",
         "attempt",
         "call",
         "callbacks",
@@ -34,6 +33,7 @@ class Attempt:
         "dest",
         "failed",
         "flags",
+        "gated_at",
         "host",
         "hostidx",
         "inbound_conn",

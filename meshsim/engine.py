@@ -36,7 +36,7 @@ from .policies.adaptive_concurrency import GradientController, GradientControlle
 from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
 from .policies.outlier import OutlierConfig, OutlierDetector
-from .policies.protocol import AdmissionPolicy
+from .policies.protocol import AdaptiveConcurrencyPolicy, AdmissionPolicy
 from .policies.retry import RetryPolicy
 from .result import Result
 from .router import Router
@@ -375,10 +375,19 @@ class Engine:
         """
         pod.inbound = self._inbound_pool(service)
         sidecar = self.scenario.mesh.sidecars.get(service)
-        if sidecar is not None and sidecar.adaptive_concurrency is not None:
-            pod.adaptive = GradientController(
-                GradientControllerConfig.from_envoy(sidecar.adaptive_concurrency),
-                self.streams.uniform(f"adaptive:{pod.name}"))
+        if sidecar is None:
+            return
+        gates = []
+        if sidecar.adaptive_concurrency is not None:
+            config = GradientControllerConfig.from_envoy(sidecar.adaptive_concurrency)
+            controller = GradientController(config, self.streams.uniform(f"adaptive:{pod.name}"))
+            gates.append((AdaptiveConcurrencyPolicy(controller),
+                          config.concurrency_limit_exceeded_status,
+                          "adaptive_concurrency.gradient_controller"))
+        for spec in sidecar.policies:
+            gates.append((spec.make_policy(pod.name), spec.status, f"policy.{spec.class_}"))
+        if gates:
+            pod.gates = tuple(gates)
             if pod.inbound is None:  # the filters run in the sidecar's inbound path
                 pod.inbound = ConnectionPool(1, PoolConfig.istio_default())
 

@@ -201,7 +201,7 @@ def _events(engine: Engine) -> pd.DataFrame:
         for t, kind, _, detail in events:
             rows.append((t, kind, proxy, dest, "-", detail))
     for pod in _inbound_pods(engine):
-        events = pod.inbound.events + (pod.adaptive.events if pod.adaptive is not None else [])
+        events = pod.inbound.events + [e for policy, _, _ in pod.gates for e in policy.events]
         for t, kind, _, detail in events:
             rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
     for limiter in engine.limits:
@@ -231,9 +231,8 @@ def _stats(engine: Engine) -> pd.DataFrame:
         pool = pod.inbound
         values = dict(pool.stats)
         values.update({f"circuit_breakers.default.{k}": v for k, v in pool.gauges().items()})
-        if pod.adaptive is not None:
-            values.update({f"adaptive_concurrency.gradient_controller.{k}": v
-                           for k, v in pod.adaptive.stats.items()})
+        for policy, _, prefix in pod.gates:
+            values.update({f"{prefix}.{k}": v for k, v in policy.stats.items()})
         rows += [(pod.name, INBOUND, k, int(v)) for k, v in sorted(values.items())]
     for limiter in engine.limits:
         rows += limiter.stat_rows()

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from ._base import Model, kind_or
-from .app_breakers import BreakerSpec
+from .app_breakers import BreakerSpec, CustomPolicySpec
 from .arrivals import (
     Arrival,
     Client,
@@ -406,6 +406,11 @@ class SidecarResource(Model):
     that limits the requests in flight to the app from its latency (over the limit: 503 at
     once). Fields as Envoy's ``AdaptiveConcurrency`` (``gradient_controller_config``,
     ``concurrency_limit_exceeded_status``)."""
+    policies: list[CustomPolicySpec] = Field(default_factory=list)
+    """Admission policies of your own in each pod's sidecar, after adaptive concurrency, in
+    order: ``[{kind: custom, class: 'package.module:Class', params: {...}, status: 503}]``,
+    each a class implementing :class:`meshsim.policies.protocol.Policy` (one instance per
+    pod). A refused request gets ``status`` from the sidecar and never reaches the app."""
     admission_control: dict[str, EnvoyAdmissionControl] = Field(default_factory=dict)
     """Envoy's admission control filter on these pods' outbound calls, by destination: it
     rejects a share of requests (503 at once, flag ``-``) while the destination's success rate

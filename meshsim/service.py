@@ -15,10 +15,10 @@ from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 from .policies.connection_pool import ATTACHED, OVERFLOW
+from .policies.protocol import Completion, Request
 
 if TYPE_CHECKING:
     from .engine import Attempt, Engine
-    from .policies.adaptive_concurrency import GradientController
     from .policies.connection_pool import ConnectionPool
 
 __all__ = ["GatewayPod", "Pod", "bursty_state"]
@@ -47,13 +47,13 @@ class Pod:
     """
 
     __slots__ = (
-        "adaptive",
         "arrive_cb",
         "busy",
         "code",
         "downstream_error_status",
         "engine",
         "error",
+        "gates",
         "inbound",
         "latency",
         "name",
@@ -96,8 +96,10 @@ class Pod:
         #: (:class:`~meshsim.policies.connection_pool.ConnectionPool` with one host). A pod
         #: with any sidecar filter has one (unlimited if nothing limits it).
         self.inbound: ConnectionPool | None = None
-        #: Envoy's adaptive concurrency filter in the pod's sidecar, or None.
-        self.adaptive: GradientController | None = None
+        #: Admission policies in the pod's sidecar, in filter order (Envoy's adaptive
+        #: concurrency, custom ones): ``(policy, status of a refusal, stats prefix)``, each
+        #: policy a :class:`~meshsim.policies.protocol.Policy`. Empty when there is none.
+        self.gates: tuple[tuple[Any, int, str], ...] = ()
 
     # -- arrival and the worker pool ----------------------------------------------------------
 
@@ -106,11 +108,11 @@ class Pod:
         now = a.t_arrive = self.engine.env._now
         if self.inbound is not None:
             a.inbound_conn = -1
-            a.adaptive_at = -1.0
+            a.gated_at = -1.0
             if getattr(a, "abandoned", 0):
                 self._admit(a)
                 return
-            if self.adaptive is not None and not self._adaptive_admits(a, now):
+            if self.gates and not self._gates_admit(a, now):
                 return
             # Through the pod's own sidecar first. (A request whose caller has already reset
             # it, above, is passed on: the reset follows the request on the same connection,
@@ -129,8 +131,8 @@ class Pod:
             # The app's own bounded queue is full: it answers 503 without doing any work.
             if self.inbound is not None:
                 self._release_inbound(a)
-                if self.adaptive is not None:
-                    self._adaptive_done(a, self.engine.env._now)
+                if self.gates:
+                    self._gates_done(a, self.engine.env._now, 503)
             self.engine.reply(a, 503)
 
     # -- the pod's own (inbound) sidecar --------------------------------------------------------
@@ -153,34 +155,44 @@ class Pod:
                 self._admit(a)
             return
         if verdict == OVERFLOW:
-            if self.adaptive is not None:
-                self._adaptive_done(a, now)
+            if self.gates:
+                self._gates_done(a, now, 503)
             self.engine.reply(a, 503)
             return
         self._drain_inbound(now)
 
-    def _adaptive_admits(self, a: Attempt, now: float) -> bool:
-        """Envoy's adaptive concurrency filter in the pod's sidecar: over its current limit, a
-        local reply (503 by default) that never reaches the app; the caller's proxy sees a
-        plain upstream answer."""
-        if self.adaptive.try_acquire(now):
-            a.adaptive_at = now
-            return True
-        a.adaptive_at = -1.0
-        self.engine.reply(a, self.adaptive.config.concurrency_limit_exceeded_status)
-        return False
+    def _gates_admit(self, a: Attempt, now: float) -> bool:
+        """The sidecar's admission policies, in order. A refusal is the sidecar's local reply
+        (its status; the caller's proxy sees a plain upstream answer) and never reaches the
+        app; the policies before it see that reply go out, as Envoy's earlier filters do."""
+        request = self._request(a)
+        gates = self.gates
+        for i, (policy, status, _) in enumerate(gates):
+            if not policy.admit(now, request):
+                reply = Completion(status, 0.0)
+                for earlier, _, _ in gates[:i]:
+                    earlier.on_outcome(now, request, reply)
+                a.gated_at = -1.0
+                self.engine.reply(a, status)
+                return False
+        a.gated_at = now
+        return True
 
-    def _adaptive_done(self, a: Attempt, now: float, cancelled: bool = False) -> None:
-        """The request's answer has left the sidecar (a latency sample for the controller),
-        or the caller reset it (no sample)."""
-        since = a.adaptive_at
+    def _gates_done(self, a: Attempt, now: float, status: int | None) -> None:
+        """The request's answer (``status``) has left the sidecar, or the caller reset it
+        (None): every policy that admitted it hears how it ended."""
+        since = a.gated_at
         if since < 0:
             return
-        a.adaptive_at = -1.0
-        if cancelled:
-            self.adaptive.on_cancel(now)
-        else:
-            self.adaptive.on_response(now, now - since)
+        a.gated_at = -1.0
+        completion = Completion(status, now - since, status is None)
+        request = self._request(a)
+        for policy, _, _ in self.gates:
+            policy.on_outcome(now, request, completion)
+
+    def _request(self, a: Attempt) -> Request:
+        names = self.engine.nodes.names
+        return Request(a.client.name, names[a.source], names[self.service])
 
     def _drain_inbound(self, now: float) -> None:
         # Connections from the sidecar to the app (on localhost) are set up at once.
@@ -195,8 +207,8 @@ class Pod:
             refused = list(inbound.overflowed)
             inbound.overflowed.clear()
             for b in refused:
-                if self.adaptive is not None:
-                    self._adaptive_done(b, now)
+                if self.gates:
+                    self._gates_done(b, now, 503)
                 self.engine.reply(b, 503)
 
     def _release_inbound(self, a: Attempt) -> None:
@@ -226,8 +238,8 @@ class Pod:
         if self.inbound is None:
             return False
         now = self.engine.env._now
-        if self.adaptive is not None and hasattr(a, "adaptive_at"):
-            self._adaptive_done(a, now, cancelled=True)
+        if self.gates and hasattr(a, "gated_at"):
+            self._gates_done(a, now, None)
         if a.inbound_conn >= 0:
             self._release_inbound(a)
             return False
@@ -295,8 +307,8 @@ class Pod:
         if self.inbound is not None:
             if a.inbound_conn >= 0:
                 self._release_inbound(a)
-            if self.adaptive is not None:
-                self._adaptive_done(a, self.engine.env._now)
+            if self.gates:
+                self._gates_done(a, self.engine.env._now, status)
         # Engine.reply, written out: this runs for every request a pod works on.
         eng = self.engine
         now = a.t_reply = eng.env._now

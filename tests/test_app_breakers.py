@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_conserved, build, closed, everything
+from conftest import assert_conserved, build, closed, everything, poisson
 
 import meshsim
 from meshsim.app_breakers import register_breaker
@@ -170,7 +170,7 @@ def test_a_custom_breaker_runs_and_shows_in_the_events(name):
      "EveryOther takes no parameter 'lable' (did you mean 'label'?)"),
     ("{kind: custom, class: 'test_app_breakers:ALWAYS_503'}", "has no class"),
     ("{kind: custom, class: 'not-registered'}", "no breaker class registered"),
-    ("{kind: custom, class: 'test_app_breakers:NotABreaker'}", "is not a breaker"),
+    ("{kind: custom, class: 'test_app_breakers:NotABreaker'}", "implements neither"),
     ("{kind: hystrix, rollingStatsTime: 10s, rollingStatsNumBuckets: 3}", "whole-ms buckets"),
     ("{kind: polly, failureRatio: 1.5}", "failureRatio: must be <= 1"),
 ])
@@ -337,3 +337,93 @@ def test_a_custom_breaker_that_fails_during_a_run_is_named_with_where_and_when(c
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert "raised in allow()" in err and "Traceback" not in err and "bug in meshsim" not in err
+
+
+# ---- the Policy protocol: custom policies in a pod's sidecar -----------------------------------
+
+
+class ConcurrencyCap:
+    """A server-side policy of one's own: at most ``limit`` requests in the app at once."""
+
+    def __init__(self, limit: int = 2):
+        self.limit, self.inside = limit, 0
+        self.events: list = []
+        self.stats = {"admitted": 0, "refused": 0, "ended": 0}
+
+    def admit(self, now, request):
+        if self.inside >= self.limit:
+            self.stats["refused"] += 1
+            return False
+        self.inside += 1
+        self.stats["admitted"] += 1
+        if self.inside == self.limit:
+            self.events.append((now, "cap_reached", -1, request.client))
+        return True
+
+    def on_outcome(self, now, request, completion):
+        self.inside -= 1
+        self.stats["ended"] += 1
+
+
+class DenyClient:
+    """Refuses every request of one client (by the end-user client id it serves)."""
+
+    def __init__(self, client: str):
+        self.client = client
+        self.events: list = []
+        self.stats = {"denied": 0}
+
+    def admit(self, now, request):
+        if request.client == self.client:
+            self.stats["denied"] += 1
+            return False
+        return True
+
+    def on_outcome(self, now, request, completion):
+        pass
+
+
+def test_a_custom_policy_in_a_pods_sidecar_caps_what_reaches_its_app():
+    services = {"a": {"latency": "0ms", "workers": 1000, "calls": [{"to": "b"}]},
+                "b": {"latency": "0.5s", "workers": 100}}
+    mesh = {"sidecars": {"b": {"policies": [{"kind": "custom",
+                                             "class": "test_app_breakers:ConcurrencyCap",
+                                             "params": {"limit": 2}, "status": 429}]}}}
+    sc = build(services, [poisson("a", "20/s")], duration="10s", mesh=mesh)
+    r = meshsim.run(sc, seed=1)
+    assert_conserved(r)
+    b = hops(r)
+    worked = b[b["t_begin"].notna()]
+    starts, ends = worked["t_begin"].to_numpy(), worked["t_reply"].fillna(np.inf).to_numpy()
+    assert max(((starts <= t) & (t < ends)).sum() for t in starts) == 2
+    refused = b[b["t_arrive"].notna() & b["t_begin"].isna()]
+    assert len(refused) > 100 and set(refused["status"]) == {429}
+    st = r.stats.query("proxy == 'b-0' and cluster == 'inbound'").set_index("stat")["value"]
+    prefix = "policy.test_app_breakers:ConcurrencyCap."
+    assert st[prefix + "refused"] == len(refused)
+    assert st[prefix + "admitted"] - st[prefix + "ended"] <= 2  # the ones still inside
+    assert (r.events["kind"] == "cap_reached").any()
+
+
+def test_a_custom_policy_sees_the_end_user_client_of_each_request():
+    services = {"a": {"latency": "0ms", "calls": [{"to": "b"}]}, "b": {"latency": "1ms"}}
+    mesh = {"sidecars": {"b": {"policies": [{"class": "test_app_breakers:DenyClient",
+                                             "params": {"client": "bad"}, "status": 403}]}}}
+    sc = build(services, [poisson("a", "20/s", client="good"), poisson("a", "20/s", client="bad")],
+               duration="5s", mesh=mesh)
+    r = meshsim.run(sc, seed=1)
+    roots = r.end_to_end()
+    roots = roots[roots["t_end"].notna()]
+    assert set(roots.loc[roots["client"] == "good", "status"]) == {200}
+    assert set(roots.loc[roots["client"] == "bad", "status"]) == {500}  # a's call to b failed
+    b = hops(r)
+    assert set(b.loc[b["client"] == "bad", "status"]) == {403}
+
+
+def test_a_custom_policy_without_the_protocol_is_a_scenario_error():
+    with pytest.raises(ScenarioError, match=r"mesh\.sidecars\.b\.policies\[0\]: NotABreaker "
+                                            r"implements neither"):
+        build({"a": {"latency": "0ms", "calls": [{"to": "b"}]}, "b": {"latency": "1ms"}},
+              [poisson("a", "1/s")],
+              mesh={"sidecars": {"b": {"policies": [
+                  {"class": "test_app_breakers:NotABreaker"}]}}})
