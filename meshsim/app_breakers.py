@@ -43,7 +43,7 @@ from .policies.breakers import (
     Resilience4j,
     Resilience4jConfig,
 )
-from .policies.protocol import BreakerPolicy, Completion, Policy, Request
+from .policies.protocol import BreakerPolicy, Completion, Policy, Request, Wrapped
 from .units import NonNegDuration, PosDuration
 
 __all__ = [
@@ -244,8 +244,8 @@ class ConsecutiveSpec(_LibrarySpec):
 # ---- custom classes --------------------------------------------------------------------------
 
 
-class CustomSpec(_Common):
-    """A breaker class of your own (:class:`~meshsim.policies.breakers.Breaker` protocol)."""
+class _PluginClass(Model):
+    """The class and constructor arguments of a plug-in (a breaker or a policy of your own)."""
 
     kind: Literal["custom"] = "custom"
     class_: str = Field(alias="class")
@@ -260,13 +260,19 @@ class CustomSpec(_Common):
         _resolve(value)
         return value
 
+    def make(self) -> Any:
+        """A fresh instance (a wrong parameter raises ``ValueError`` with a suggestion)."""
+        return _instantiate(_resolve(self.class_), self.params)
+
+
+class CustomSpec(_PluginClass, _Common):
+    """A breaker class of your own: a breaker's API (:class:`~meshsim.policies.breakers.Breaker`)
+    or :class:`~meshsim.policies.protocol.Policy`."""
+
     @model_validator(mode="after")
     def _valid(self) -> CustomSpec:
         self.make()  # a wrong parameter is a scenario error, not a failure mid-run
         return self
-
-    def make(self) -> Breaker:
-        return _instantiate(_resolve(self.class_), self.params)
 
     def make_policy(self, where: str) -> Policy:
         """:meth:`make` behind :class:`~meshsim.policies.protocol.Policy`, for a run: errors of
@@ -277,27 +283,16 @@ class CustomSpec(_Common):
         return _Guarded(inner, f"{self.class_} ({where})", native)
 
 
-class CustomPolicySpec(Model):
+class CustomPolicySpec(_PluginClass):
     """An admission policy of your own in a pod's sidecar (``mesh.sidecars.<service>.policies``):
     a class implementing :class:`~meshsim.policies.protocol.Policy`."""
 
-    kind: Literal["custom"] = "custom"
-    class_: str = Field(alias="class")
-    """``package.module:Class``, or a name registered with :func:`register_breaker`."""
-    params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the class's constructor."""
     status: Annotated[int, Field(ge=100, le=599)] = 503
     """The status the sidecar answers a refused request with."""
 
-    @field_validator("class_")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        _resolve(value)
-        return value
-
     @model_validator(mode="after")
     def _valid(self) -> CustomPolicySpec:
-        obj = _instantiate(_resolve(self.class_), self.params)
+        obj = self.make()
         if not isinstance(obj, Policy):
             raise ValueError(f"{type(obj).__name__} is not a policy: it needs admit(now, request) "
                              "and on_outcome(now, request, completion) "
@@ -306,8 +301,7 @@ class CustomPolicySpec(Model):
 
     def make_policy(self, where: str) -> Policy:
         """A fresh instance for one pod; its errors name the class and ``where``."""
-        return _Guarded(_instantiate(_resolve(self.class_), self.params),
-                        f"{self.class_} ({where})", native=True)
+        return _Guarded(self.make(), f"{self.class_} ({where})", native=True)
 
 
 def _resolve(name: str) -> type:
@@ -338,23 +332,15 @@ class PluginError(Exception):
     """A custom breaker class raised: the user's code failed, not meshsim's."""
 
 
-class _Guarded:
-    """A custom breaker, with its errors reported as the user's code's, with where and when."""
+class _Guarded(Wrapped):
+    """A custom class, with its errors reported as the user's code's, with where and when."""
 
-    __slots__ = ("inner", "native", "where")
+    __slots__ = ("native", "where")
 
     def __init__(self, inner: Policy, where: str, native: bool):
-        self.inner = inner
+        super().__init__(inner)
         self.where = where
         self.native = native  # the class implements Policy itself (else it is a breaker)
-
-    @property
-    def events(self) -> list[tuple[float, str, int, str]]:
-        return self.inner.events
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats
 
     def admit(self, now: float, request: Request) -> bool:
         try:

@@ -25,7 +25,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Completion", "Policy", "Request", "as_policy"]
+__all__ = [
+    "AdaptiveConcurrencyPolicy",
+    "AdmissionPolicy",
+    "BreakerPolicy",
+    "Completion",
+    "LocalRateLimitPolicy",
+    "Policy",
+    "Request",
+    "Wrapped",
+    "as_policy",
+]
 
 
 class Request(NamedTuple):
@@ -62,8 +72,9 @@ class Policy(Protocol):
     def on_outcome(self, now: float, request: Request, completion: Completion) -> None: ...
 
 
-class _Wrapped:
-    """A built-in behind :class:`Policy`; ``inner`` keeps its own API."""
+class Wrapped:
+    """Something behind :class:`Policy`: ``inner`` keeps its own API, and lends its ``events``
+    and ``stats``."""
 
     __slots__ = ("inner",)
 
@@ -79,7 +90,7 @@ class _Wrapped:
         return self.inner.stats
 
 
-class BreakerPolicy(_Wrapped):
+class BreakerPolicy(Wrapped):
     """A circuit breaker (:mod:`.breakers`) with its outcome classifier."""
 
     __slots__ = ("classifier",)
@@ -97,7 +108,7 @@ class BreakerPolicy(_Wrapped):
         self.inner.on_result(now, failure, c.duration)
 
 
-class AdmissionPolicy(_Wrapped):
+class AdmissionPolicy(Wrapped):
     """Envoy's admission control (:mod:`.admission_control`): a reset is not recorded."""
 
     __slots__ = ()
@@ -109,7 +120,7 @@ class AdmissionPolicy(_Wrapped):
         self.inner.on_result(now, completion.status)
 
 
-class AdaptiveConcurrencyPolicy(_Wrapped):
+class AdaptiveConcurrencyPolicy(Wrapped):
     """Envoy's adaptive concurrency (:mod:`.adaptive_concurrency`): an answer is a latency
     sample, a reset cancels the request's sample."""
 
@@ -125,7 +136,7 @@ class AdaptiveConcurrencyPolicy(_Wrapped):
             self.inner.on_response(now, completion.duration)
 
 
-class LocalRateLimitPolicy(_Wrapped):
+class LocalRateLimitPolicy(Wrapped):
     """Envoy's local rate limit (:mod:`.rate_limit`), with the descriptors of each request."""
 
     __slots__ = ("descriptors",)
