@@ -255,9 +255,13 @@ def _draft(e: Mapping[str, Any], path: FieldPath, model: type[BaseModel], data: 
         return _Draft(path, "choice", expected=[str(c) for c in choices], got=value, label=label)
     if kind in _EXPECTED:
         return _Draft(path, "type", expected=[_EXPECTED[kind]], got=value)
-    inner = getattr(ctx.get("error"), "path", None)
+    inner_error = ctx.get("error")
+    inner = getattr(inner_error, "path", None)
     if kind == "value_error" and isinstance(inner, tuple):
         path = (*path, *inner)  # a key inside the validated block (see the module docstring)
+        bare = getattr(inner_error, "bare", None)  # its message without that path, if it has one
+        if bare is not None:
+            return _Draft(path, "text", bare)
     return _Draft(path, "text", _message(kind, ctx, value, e["msg"]))
 
 

@@ -26,8 +26,24 @@ def _micros(seconds: float) -> int:
     return math.floor(seconds * 1e6 + 1e-3)
 
 
+class EnvoyConfigError(ValueError):
+    """A value Envoy would refuse, at ``path`` (keys inside the filter's ``typed_config``).
+
+    ``str()`` reads ``path: message``; ``path`` is also a tuple of keys and ``bare`` the message
+    alone, so that a scenario error can point at the key's own line and not repeat it.
+    """
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        keys = [k for k in path.split(".") if k]
+        if keys[:1] == ["typed_config"]:
+            keys = keys[1:]  # the scenario's block is the typed_config itself
+        self.path = tuple(keys)
+        self.bare = message
+
+
 def _fail(path: str, message: str) -> ValueError:
-    return ValueError(f"{path}: {message}")
+    return EnvoyConfigError(path, message)
 
 
 def _fields(value: Any, path: str, known: Iterable[str]) -> Mapping[str, Any]:
