@@ -161,17 +161,11 @@ class Engine:
         a.source = 0  # code of "client"
         self._launch(a, client.cluster, False, client.route_to)
 
-    def send(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None) -> None:
-        """The pod working on ``parent`` calls the upstream ``cluster`` through its proxy;
-        ``route_to`` is where a gateway upstream forwards the request next.
-
-        Pods call ``cluster.send`` directly, which is this method or, on a cluster with
-        policies, :meth:`Router.start`: one call less per hop.
-        """
-        cluster.send(parent, cluster, optional, route_to)
-
     def _send_lean(self, parent: Attempt, cluster: Cluster, optional: bool,
                    route_to: str | None) -> None:
+        """The pod working on ``parent`` calls ``cluster``, which has no policy that can act
+        (``cluster.send`` is this method, or :meth:`Router.start` on a cluster with policies);
+        ``route_to`` is where a gateway upstream forwards the request next."""
         a = Attempt()
         a.req = parent.req
         a.client = parent.client

@@ -6,6 +6,8 @@ glue that schedules what they ask for (back-off, per-try and route timers, conne
 outlier ticks) and writes one record row per attempt. The order of operations follows Envoy's
 router (``Router::Filter``) and ``UpstreamRequest``:
 
+0. ask the caller app's circuit breaker and the sidecar's admission control, both before the
+   call is routed (:mod:`meshsim.policies.protocol`); a refusal never reaches the pool;
 1. pick a host among the available ones (``LoadBalancerBase::chooseHost``; outlier-ejected hosts
    are left out unless the cluster is in panic; none available: 503 ``UH``, not retried);
 2. ask the connection pool (``newStream``): attached, pending, or overflow (503 ``UO`` at once,
@@ -16,7 +18,8 @@ router (``Router::Filter``) and ``UpstreamRequest``:
 
 A timed-out attempt is abandoned, not stopped: the callee keeps working on it, and its row is
 written when its (now useless) answer arrives, with the status the caller saw (504 ``UT``) and
-``t_reply`` after ``t_end``: that is the wasted work that drives cascades.
+``t_reply`` after ``t_end``: that is the wasted work that drives cascades. If it was still
+waiting in the callee's own sidecar, that sidecar drops it, and its row is written at once.
 """
 
 from __future__ import annotations
