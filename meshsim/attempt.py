@@ -8,10 +8,11 @@ __all__ = ["Attempt"]
 class Attempt:
     """One attempt of one hop: a row of the ``requests`` table while it is in flight.
 
-    The lean path (:meth:`Engine.send` without policies) sets only what it needs; ``call``,
-    ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts, and
-    ``inbound_conn`` (the stream held in the callee's own sidecar, -1 for none) to attempts
-    that reach a pod whose sidecar limits.
+    The lean path (``Engine._send_lean``, clusters without policies) sets only what it needs;
+    ``call``, ``attempt``, ``conn``, ``abandoned`` and ``t_end`` belong to the router's attempts,
+    and ``inbound_conn`` (the stream held in the callee's own sidecar, -1 for none) and
+    ``gated_at`` (when its sidecar's policies admitted it, -1 for none) to attempts that reach a
+    pod whose sidecar limits or filters.
 
     An attempt is also the SimPy event that moves it (:meth:`Engine.schedule`): it has the
     ``callbacks`` and ``_ok`` that ``Environment.step`` reads, and the callbacks receive the
