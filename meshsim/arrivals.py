@@ -27,6 +27,7 @@ from pydantic import (
 
 from ._base import Model, kind_or
 from .distributions import Distribution
+from .slo import Slo
 from .units import Duration, NonNegDuration, NonNegRate, PosDuration, Rate
 
 __all__ = [
@@ -308,3 +309,5 @@ class Client(Model):
     """Request headers (used by header-based policies)."""
     arrival: Arrival
     """How requests are sent: open loop (``{rate: 400/s}``) or closed loop (``{kind: closed}``)."""
+    slo: Slo | None = None
+    """The objective of this entry point, as its users see it (end to end)."""

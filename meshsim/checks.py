@@ -99,6 +99,56 @@ def cross_check(sc: Scenario) -> list[Issue]:
                             f"({sc.warmup:g}s >= {sc.duration:g}s)"))
     issues += _check_routing(sc)
     issues += _check_pod_names(sc)
+    issues += _check_faults(sc, seen)
+    return issues
+
+
+def _check_faults(sc: Scenario, clients: set[str]) -> list[Issue]:
+    """Faults name real services, pods, edges and clients, and start before the run ends."""
+    issues: list[Issue] = []
+    services = set(sc.services)
+    hosts = services | set(sc.external_services)
+    nodes = hosts | {"ingress"} | ({"egress"} if sc.mesh.egress_gateway is not None else set())
+    for i, fault in enumerate(sc.faults):
+        at = ("faults", i)
+        if fault.start >= sc.duration:
+            issues.append(Issue((*at, "start"), f"the fault starts at {fault.start:g}s, after "
+                                f"the run ends ({sc.duration:g}s)"))
+        if fault.kind == "loadSpike":
+            if fault.client is not None and fault.client not in clients:
+                issues.append(Issue((*at, "client"), unknown_name(fault.client, clients,
+                                                                  "client")))
+            continue
+        if fault.kind == "network":
+            if fault.destination not in nodes:
+                issues.append(Issue((*at, "destination"),
+                                    unknown_name(fault.destination, nodes, "destination")))
+            callers = nodes | {f"client:{c}" for c in clients}
+            if fault.source is not None and fault.source not in callers:
+                issues.append(Issue((*at, "source"),
+                                    unknown_name(fault.source, callers, "caller")))
+            continue
+        if fault.target not in hosts:
+            issues.append(Issue((*at, "target"), unknown_name(fault.target, hosts,
+                                                              "service or external host")))
+            continue
+        pods = getattr(fault, "pods", None)
+        if pods is None:
+            continue
+        if fault.target not in services:
+            issues.append(Issue((*at, "pods"), f"{fault.target!r} is an external host, which "
+                                "has no pods to choose: leave 'pods' out"))
+            continue
+        names = [p for d in sc.services[fault.target].deployments()
+                 for p in d.pod_names(fault.target)]
+        if isinstance(pods, int):
+            if pods > len(names):
+                issues.append(Issue((*at, "pods"), f"{fault.target!r} has {len(names)} pods, "
+                                    f"fewer than {pods}"))
+            continue
+        for j, pod in enumerate(pods):
+            if pod not in names:
+                issues.append(Issue((*at, "pods", j), unknown_name(pod, set(names), "pod")))
     return issues
 
 

@@ -42,6 +42,7 @@ from .arrivals import (
 )
 from .distributions import Distribution
 from .envoy import GlobalRateLimit, LocalRateLimit, RateLimitService
+from .faults import Fault
 from .errors import Issue, ScenarioError, from_validation_error, unknown_name
 from .istio import (
     ConnectionPoolSettings,
@@ -53,6 +54,7 @@ from .istio import (
 )
 from .policies.adaptive_concurrency import GradientControllerConfig
 from .policies.admission_control import AdmissionControlConfig
+from .slo import Slo
 from .units import NonNegDuration, PosDuration, Probability
 from .yamlio import LineMap, load_file, load_yaml, parse_scalar
 
@@ -77,6 +79,9 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
 ]
+
+#: The name of the scenario as written, among its variants (``meshsim compare``).
+BASELINE = "baseline"
 
 #: Names the engine uses for the non-service nodes of a call chain; a service may not take them.
 RESERVED_NAMES = frozenset({"client", "ingress", "egress"})
@@ -282,6 +287,9 @@ class Service(Model):
     """App-level circuit breakers in this service's code, by the destination they guard (one
     per pod): ``{kind: resilience4j | hystrix | polly | consecutive | custom, ...}``; see
     :mod:`meshsim.app_breakers`."""
+    slo: Slo | None = None
+    """The service's objective, as its callers see its answers (``{p99: 300ms, successRate:
+    99.9%}``)."""
 
     def deployments(self) -> list[Deployment]:
         """The service's pods as deployments, with the service's settings where a version is
@@ -315,6 +323,8 @@ class ExternalService(Model):
     """How its answers fail."""
     concurrency: PositiveInt | None = None
     """Requests it serves at once; unset means unlimited."""
+    slo: Slo | None = None
+    """The objective of the external host, as its callers see its answers."""
 
 
 
@@ -479,6 +489,16 @@ class Scenario(Model):
     workload: list[Client] = Field(min_length=1)
     network: Network = Network()
     mesh: Mesh = Mesh()
+    faults: list[Fault] = Field(default_factory=list)
+    """What goes wrong, where and when: crashed, hung or slow pods, error bursts, outages,
+    network trouble on an edge, load spikes; see :mod:`meshsim.faults`."""
+    slo: Slo | None = None
+    """The end-to-end objective of every end-user request (an entry point's own ``slo`` in
+    ``workload`` applies to its requests)."""
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named sets of overrides to compare with the scenario as written (``meshsim compare``):
+    ``{with-budget: {mesh.destinationRules.cart.trafficPolicy...: 20}}``, each key a path as
+    ``--set`` takes it."""
 
     # ---- derived settings (the defaults that depend on other fields live here too) ----------
 
@@ -584,7 +604,30 @@ class Scenario(Model):
         ScenarioError
             If a path does not exist or the new value is invalid.
         """
+        return self._overridden(overrides, source, keep_variants=True)
+
+    def variant(self, name: str) -> Scenario:
+        """The scenario as variant ``name`` of :attr:`variants` changes it (without variants of
+        its own); ``baseline`` is the scenario as written.
+
+        Raises
+        ------
+        KeyError
+            If there is no such variant.
+        ScenarioError
+            If its overrides do not make a valid scenario (checked when the file is loaded).
+        """
+        if name == BASELINE:
+            return self
+        if name not in self.variants:
+            raise KeyError(unknown_name(name, {BASELINE, *self.variants}, "variant"))
+        return self._overridden(self.variants[name], f"variant {name!r}", keep_variants=False)
+
+    def _overridden(self, overrides: Mapping[str, Any], source: str, keep_variants: bool,
+                    ) -> Scenario:
         data = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if not keep_variants:
+            data.pop("variants", None)
         issues = []
         for path_text, value in overrides.items():
             try:
@@ -690,12 +733,32 @@ def parse_scenario(
         raise from_validation_error(err, Scenario, data, source, lines) from None
     from .checks import cross_check  # it reads the scenario's classes: imported when used
 
-    issues = cross_check(scenario)
+    issues = cross_check(scenario) or _check_variants(scenario)
     if issues:
         if lines is not None:
             issues = [Issue(i.path, i.message, lines.line_for(i.path)) for i in issues]
         raise ScenarioError(source, issues)
     return scenario
+
+
+def _check_variants(scenario: Scenario) -> list[Issue]:
+    """Each variant must make a valid scenario: its problems are reported at its own keys."""
+    issues = []
+    for name, overrides in scenario.variants.items():
+        if name == BASELINE:
+            issues.append(Issue(("variants", name), f"'{BASELINE}' is the scenario as written; "
+                                "give the variant another name"))
+            continue
+        try:
+            scenario.variant(name)
+        except ScenarioError as err:
+            parsed = {key: parse_path_lenient(key) for key in overrides}
+            for i in err.issues:
+                key = next((k for k, p in parsed.items() if tuple(i.path[:len(p)]) == p),
+                           next(iter(overrides), None))
+                where = ("variants", name) if key is None else ("variants", name, key)
+                issues.append(Issue(where, f"{i.path_text()}: {i.message}"))
+    return issues
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:
