@@ -42,8 +42,8 @@ from .arrivals import (
 )
 from .distributions import Distribution
 from .envoy import GlobalRateLimit, LocalRateLimit, RateLimitService
-from .faults import Fault
 from .errors import Issue, ScenarioError, from_validation_error, unknown_name
+from .faults import Fault
 from .istio import (
     ConnectionPoolSettings,
     DestinationRule,
