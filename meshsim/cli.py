@@ -262,7 +262,28 @@ def format_summary(result: Result, wall: float | None = None) -> str:
     if app:
         lines.append("calls refused by app-level breakers (after warm-up): "
                      + ", ".join(f"{flag} {count}" for flag, count in app.items()))
+    if sc.faults:
+        lines += ["", *format_faults(result)]
     return "\n".join(lines)
+
+
+def format_faults(result: Result) -> list[str]:
+    """The cascade table of a run with faults: one line per fault (times in seconds)."""
+    table = result.cascade()
+    width = max(18, *(len(str(f)) for f in table.index))
+    lines = [f"{'fault':<{width}} {'start':>7} {'end':>7} {'detected':>9} {'recovered':>10}  "
+             "blast radius (first reaction)"]
+    for fault, row in table.iterrows():
+        detect = "-" if row["time_to_detect"] != row["time_to_detect"] \
+            else f"+{row['time_to_detect']:.2f}s"
+        recover = row["time_to_recover"]
+        recover = "-" if recover != recover else ("never" if recover == float("inf")
+                                                  else f"+{recover:.1f}s")
+        radius = row["blast_radius"] or "none"
+        first = row["detected_by"] if isinstance(row["detected_by"], str) else "no reaction"
+        lines.append(f"{fault!s:<{width}} {row['start']:>6.1f}s {row['end']:>6.1f}s "
+                     f"{detect:>9} {recover:>10}  {radius} ({first})")
+    return lines
 
 
 def flag_counts(result: Result) -> dict[str, int]:

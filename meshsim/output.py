@@ -83,7 +83,8 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
     Writes ``summary.json``, ``requests.parquet`` (``requests.csv`` when pyarrow is missing or
     ``parquet`` is false), ``timeseries.csv``, ``events.csv``, ``stats.csv`` (Envoy's
     counters per client proxy and cluster), ``in_flight.csv`` (attempts unanswered at the end,
-    the requests' columns) and ``scenario.resolved.yaml``.
+    the requests' columns), ``cascade.csv`` (one row per fault, :func:`meshsim.cascade.cascade`;
+    only for a scenario with faults) and ``scenario.resolved.yaml``.
 
     Returns
     -------
@@ -101,6 +102,8 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
         result.events.to_csv(tmp / "events.csv", index=False)
         result.stats.to_csv(tmp / "stats.csv", index=False)
         result.in_flight.to_csv(tmp / "in_flight.csv", index=False)
+        if result.scenario.faults:
+            result.cascade().to_csv(tmp / "cascade.csv")
         (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
         (tmp / "summary.json").write_text(
             json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
