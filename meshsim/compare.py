@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,18 @@ from .metrics import END_TO_END
 from .result import Result
 from .scenario import BASELINE, Scenario, load_scenario
 
-__all__ = ["HEADLINE", "Comparison", "compare", "format_table", "format_value", "variant_scenarios"]
+__all__ = [
+    "HEADLINE",
+    "PER_FAULT",
+    "Comparison",
+    "compare",
+    "format_table",
+    "format_value",
+    "from_results",
+    "run_variants",
+    "unit",
+    "variant_scenarios",
+]
 
 #: The headline rows of :attr:`Comparison.table`, in order, each with the unit it is shown in.
 HEADLINE = {
@@ -127,13 +139,45 @@ def compare(
     ------
     ScenarioError
         If a file, a variant or an override is invalid, or a variant name is unknown.
+    ValueError
+        If ``variants`` is given with several scenarios, or nothing to compare.
     """
     named = variant_scenarios(scenario_or_paths, variants=variants, overrides=overrides)
-    if seed is None:
-        seed = next(iter(named.values())).seed
+    return run_variants(named, seed=seed, interval=interval)
+
+
+def run_variants(
+    named: Mapping[str, Scenario],
+    *,
+    seed: int | None = None,
+    interval: float = 1.0,
+    progress: Callable[[str, float], None] | None = None,
+) -> Comparison:
+    """Run scenarios by variant name, all with the same seed, and compare them.
+
+    Parameters
+    ----------
+    named : mapping of str to Scenario
+        The variants, in order (as :func:`variant_scenarios` gives them).
+    seed : int, optional
+        The seed of every variant; defaults to the first scenario's ``seed``.
+    interval : float
+        Window of the health time series, in seconds.
+    progress : callable, optional
+        Called with a variant's name and its simulated time (seconds) during its run.
+
+    Returns
+    -------
+    Comparison
+    """
     from . import run
 
-    results = {name: run(sc, seed=seed) for name, sc in named.items()}
+    if seed is None:
+        seed = next(iter(named.values())).seed
+    results = {}
+    for name, scenario in named.items():
+        tick = None if progress is None else partial(progress, name)
+        results[name] = run(scenario, seed=seed, progress=tick)
     return from_results(results, seed=seed, interval=interval)
 
 
@@ -142,8 +186,11 @@ def variant_scenarios(
     *,
     variants: Sequence[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    source: str = "overrides",
 ) -> dict[str, Scenario]:
     """The scenarios :func:`compare` runs, by variant name, without running them.
+
+    ``source`` names the overrides in error messages (``--set`` for the command line).
 
     Raises
     ------
@@ -156,15 +203,15 @@ def variant_scenarios(
         named = _own_variants(scenario, source, variants)
     else:
         if variants:
-            raise ScenarioError("--variant", [Issue((), "choose variants of one scenario only; "
-                                                    "with several files each file is a variant")])
+            raise ValueError("variants are chosen among those of one scenario; with several "
+                             "scenarios each is a variant")
         named = {}
         for item in items:
             source, scenario = _load(item)
             stem = Path(source).stem if not isinstance(item, Scenario) else scenario.name
             named[_unique(stem, named)] = scenario.variant(BASELINE)
     if overrides:
-        named = {name: sc.with_overrides(overrides) for name, sc in named.items()}
+        named = {name: sc.with_overrides(overrides, source) for name, sc in named.items()}
     return named
 
 
