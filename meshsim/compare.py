@@ -199,16 +199,16 @@ def variant_scenarios(
     """
     items = _as_list(scenario_or_paths)
     if len(items) == 1:
-        source, scenario = _load(items[0])
-        named = _own_variants(scenario, source, variants)
+        where, scenario = _load(items[0])
+        named = _own_variants(scenario, where, variants)
     else:
         if variants:
             raise ValueError("variants are chosen among those of one scenario; with several "
                              "scenarios each is a variant")
         named = {}
         for item in items:
-            source, scenario = _load(item)
-            stem = Path(source).stem if not isinstance(item, Scenario) else scenario.name
+            where, scenario = _load(item)
+            stem = Path(where).stem if not isinstance(item, Scenario) else scenario.name
             named[_unique(stem, named)] = scenario.variant(BASELINE)
     if overrides:
         named = {name: sc.with_overrides(overrides, source) for name, sc in named.items()}
