@@ -7,10 +7,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["END_TO_END", "summary", "time_average", "timeseries"]
+__all__ = ["AMPLIFICATION_COLUMNS", "END_TO_END", "amplification", "slo_met", "summary",
+           "time_average", "timeseries"]
 
 #: Label of the client-facing scope in summaries and time series.
 END_TO_END = "end-to-end"
+#: The ingress gateway's name in the ``destination`` column: a client's request that passes it
+#: reaches its entry service on the gateway's hop.
+INGRESS = "ingress"
+#: Columns of :func:`amplification`.
+AMPLIFICATION_COLUMNS = ("end_user_requests", "calls", "attempts", "per_hop", "per_request")
 
 
 def _ok(status: pd.Series) -> np.ndarray:
@@ -171,12 +177,128 @@ def _wasted(rows: pd.DataFrame, end_time: float) -> tuple[int, float]:
     return int(abandoned.sum()), float(np.clip(wasted, 0.0, None).sum())
 
 
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else np.nan
+
+
+def amplification(
+    requests: pd.DataFrame, in_flight: pd.DataFrame, warmup: float,
+    order: list[str] | None = None,
+) -> pd.DataFrame:
+    """Retry amplification: attempts per call at each hop and per end-user request.
+
+    Counts the hops of the end-user requests sent after the warm-up (their client-facing row
+    has ``t_start >= warmup``), answered or still in flight at the end of the run, so that a
+    request's retries are counted with the request whatever their own times. Mirrored
+    (``shadow``) hops are left out: a mirror is not a retry. The requests sent in the last
+    moments of the run have not made all their attempts yet, which biases the figures down by
+    about (latency of a request) / (measured window).
+
+    Parameters
+    ----------
+    requests, in_flight : pandas.DataFrame
+        :attr:`Result.requests` and :attr:`Result.in_flight`.
+    warmup : float
+        End of the warm-up, seconds.
+    order : list of str, optional
+        Callees in this order first, then the others alphabetically.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``scope``: ``end-to-end``, ``client:<id>`` per client, then one row per
+        callee. Columns :data:`AMPLIFICATION_COLUMNS`:
+
+        ``end_user_requests``
+            end-user requests counted (of the client, for ``client:<id>``; all for the others);
+        ``calls``
+            first tries (``attempt == 1``): to the callee, or over all hops for the
+            ``end-to-end`` and ``client:<id>`` rows;
+        ``attempts``
+            hops sent, retries included: to the callee, or over all hops;
+        ``per_hop``
+            a callee's ``attempts / calls``: tries per call its callers made (1 without
+            retries); for ``end-to-end`` and ``client:<id>``, the same at the entry hop (the
+            ingress gateway's hop to the entry service, or the client's own request when it
+            does not pass the gateway, which a client never retries);
+        ``per_request``
+            ``attempts / end_user_requests``: the hops each end-user request cost the callee,
+            or cost the whole mesh.
+    """
+    both = pd.concat([requests, in_flight], ignore_index=True) if len(in_flight) else requests
+    both = both[~both["shadow"].to_numpy(dtype=bool)]
+    parent = both["parent_span_id"].to_numpy()
+    roots = both[parent == 0]
+    counted = roots["request_id"].to_numpy()[roots["t_start"].to_numpy() >= warmup]
+    rows = both[np.isin(both["request_id"].to_numpy(), counted)]
+    dest = rows["destination"].astype(str).to_numpy()
+    client = rows["client"].astype(str).to_numpy()
+    first = rows["attempt"].to_numpy() == 1
+    parent = rows["parent_span_id"].to_numpy()
+    is_root = parent == 0
+    # The entry hop: the gateway's hop to the entry service, or a root that skips the gateway.
+    via_gateway = rows["span_id"].to_numpy()[is_root & (dest == INGRESS)]
+    entry = (is_root & (dest != INGRESS)) | np.isin(parent, via_gateway)
+
+    def whole(scope: str, sel: np.ndarray) -> dict[str, Any]:
+        n = int((sel & is_root).sum())
+        attempts = int(sel.sum())
+        at_entry = sel & entry
+        return {"scope": scope, "end_user_requests": n, "calls": int((sel & first).sum()),
+                "attempts": attempts,
+                "per_hop": _ratio(at_entry.sum(), (at_entry & first).sum()),
+                "per_request": _ratio(attempts, n)}
+
+    out = [whole(END_TO_END, np.ones(len(rows), dtype=bool))]
+    out += [whole(f"client:{c}", client == c) for c in sorted(set(client))]
+    n_requests = len(counted)
+    present = set(dest)
+    ranked = [d for d in (order or []) if d in present] + sorted(present - set(order or []))
+    for d in ranked:
+        sel = dest == d
+        attempts, calls = int(sel.sum()), int((sel & first).sum())
+        out.append({"scope": d, "end_user_requests": n_requests, "calls": calls,
+                    "attempts": attempts, "per_hop": _ratio(attempts, calls),
+                    "per_request": _ratio(attempts, n_requests)})
+    frame = pd.DataFrame(out, columns=["scope", *AMPLIFICATION_COLUMNS])
+    return frame.set_index("scope").astype({"per_hop": "float64", "per_request": "float64"})
+
+
+def slo_met(figures: Any, objectives: dict[str, float] | None) -> bool | float:
+    """Whether figures meet a service-level objective.
+
+    Parameters
+    ----------
+    figures : mapping
+        ``success_rate`` (fraction) and ``latency_p50``, ``latency_p90``, ``latency_p99``
+        (seconds), e.g. a row of :func:`summary`.
+    objectives : dict or None
+        :meth:`meshsim.slo.Slo.objectives`: the least success rate, the highest percentiles.
+
+    Returns
+    -------
+    bool or float
+        True when every objective holds, False when one does not, NaN without objectives or
+        when a figure needed is NaN (no answers to judge).
+    """
+    if not objectives:
+        return np.nan
+    met = True
+    for name, target in objectives.items():
+        value = figures[name]
+        if value is None or np.isnan(value):
+            return np.nan
+        met &= bool(value >= target) if name == "success_rate" else bool(value <= target)
+    return met
+
+
 def summary(
     requests: pd.DataFrame,
     in_flight: pd.DataFrame,
     meta: dict[str, Any],
     order: list[str] | None = None,
     workers: dict[str, float] | None = None,
+    slos: dict[str, dict[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Headline figures of a run, counting only attempts sent after the warm-up.
 
@@ -196,7 +318,13 @@ def summary(
         the callee's answer or the end of the run), ``utilisation`` (time-average share of the
         callee's workers held, over all its pods; for callees named in ``workers``, which maps
         a callee to its total worker count), and for the ``end-to-end`` row
-        ``in_flight_at_end``.
+        ``in_flight_at_end``; then ``amplification`` (retry amplification, see
+        :func:`amplification`: a callee's attempts per call, ``per_hop``; for ``end-to-end``
+        and ``client:<id>``, hops sent over the whole mesh per end-user request,
+        ``per_request``) and ``slo_met`` (whether the scope's figures over the measured window
+        meet its objective in ``slos``, which maps a scope to
+        :meth:`meshsim.slo.Slo.objectives`: True, False, or NaN without an objective or
+        without answers; see :func:`slo_met`).
     """
     warmup = meta["warmup"]
     window = max(meta["end_time"] - warmup, 1e-12)
@@ -223,4 +351,12 @@ def summary(
             busy = time_average(alive["t_begin"].to_numpy(), alive["t_reply"].to_numpy(), edges)
             row["utilisation"] = float(busy[0]) / workers[dest]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("scope")
+    table = pd.DataFrame(rows).set_index("scope")
+    amp = amplification(requests, in_flight, warmup, order)
+    whole = table.index.isin([END_TO_END]) | table.index.str.startswith("client:")
+    per_scope = amp["per_hop"].where(~amp.index.isin(table.index[whole]), amp["per_request"])
+    table["amplification"] = per_scope.reindex(table.index).to_numpy(dtype=float)
+    table["slo_met"] = pd.Series([slo_met(row, (slos or {}).get(scope))
+                                  for scope, row in table.iterrows()],
+                                 index=table.index, dtype=object)
+    return table

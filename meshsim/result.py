@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import cascade as _cascade
 from . import metrics
 
 if TYPE_CHECKING:
@@ -169,14 +170,21 @@ class Result:
         return metrics.timeseries(self.requests, self.in_flight, self.meta["end_time"], 1.0)
 
     def summary(self) -> pd.DataFrame:
-        """The headline figures after warm-up; see :func:`meshsim.metrics.summary`."""
+        """The headline figures after warm-up, each scope judged against the objectives the
+        scenario declares (``slo_met``); see :func:`meshsim.metrics.summary`."""
         sc = self.scenario
         order = ["ingress", *sc.services, "egress", *sc.external_services]
         workers = {name: float(sum(d.replicas * d.workers for d in s.deployments()))
                    for name, s in sc.services.items()}
         workers.update({name: float(e.concurrency) for name, e in sc.external_services.items()
                         if e.concurrency is not None})
-        return metrics.summary(self.requests, self.in_flight, self.meta, order, workers)
+        return metrics.summary(self.requests, self.in_flight, self.meta, order, workers,
+                               _cascade.objectives(sc))
+
+    def cascade(self, **kw: Any) -> pd.DataFrame:
+        """Per fault: time to detect, time to recover, blast radius; the keywords and columns
+        are those of :func:`meshsim.cascade.cascade`."""
+        return _cascade.cascade(self, **kw)
 
     def end_to_end(self) -> pd.DataFrame:
         """The client-facing rows: one per finished end-user request."""
