@@ -48,6 +48,7 @@ HEADLINE = {
     "in_flight_at_end": "count",
     "amplification": "x",
     "wasted_work": "worker-s",
+    "slo_met": "yes/no",
 }
 #: The rows of :attr:`Comparison.table` per fault, ``<fault>: <metric>``, with their units.
 PER_FAULT = {"time_to_detect": "s", "time_to_recover": "s", "blast_radius": "count"}
@@ -72,9 +73,11 @@ class Comparison:
         and ``latency_p99`` (seconds), ``in_flight_at_end`` (end-user requests unanswered when
         the run ended), ``amplification`` (attempts per end-user request over every hop) and
         ``wasted_work`` (worker-seconds callees spent on requests their caller had given up,
-        summed over callees). Then, per fault, ``<fault>: time_to_detect``, ``<fault>:
-        time_to_recover`` (seconds; ``inf`` when it never recovered) and ``<fault>:
-        blast_radius`` (scopes hit), NaN for a variant without that fault.
+        summed over callees), ``slo_met`` (1 if the end-to-end objective was met, 0 if not, NaN
+        without one). Then, per fault, ``<fault>: time_to_detect`` (seconds; NaN when no
+        policy reacted), ``<fault>: time_to_recover`` (seconds; ``inf`` when it never
+        recovered) and ``<fault>: blast_radius`` (the number of scopes besides the fault's
+        target that missed their objective), all NaN for a variant without that fault.
     summary : pandas.DataFrame
         Every variant's :meth:`Result.summary`, indexed by (``variant``, ``scope``).
     health : pandas.DataFrame
@@ -244,8 +247,11 @@ def _table(summaries: dict[str, pd.DataFrame], cascades: dict[str, pd.DataFrame]
         # Work is wasted at every callee a caller gave up on: the cost of the whole chain.
         column["wasted_work"] = float(callees["wasted_work"].sum()) if len(callees) else 0.0
         for fault, row in cascades[name].iterrows():
-            for metric in PER_FAULT:
-                column[f"{fault}: {metric}"] = float(row[metric])
+            column[f"{fault}: time_to_detect"] = float(row["time_to_detect"])
+            column[f"{fault}: time_to_recover"] = float(row["time_to_recover"])
+            # The cascade lists the scopes hit; the table counts them.
+            hit = str(row["blast_radius"])
+            column[f"{fault}: blast_radius"] = float(len(hit.split(",")) if hit else 0)
         columns[name] = column
     table = pd.DataFrame(columns, dtype="float64")
     table.index.name = "metric"
@@ -268,6 +274,8 @@ def format_value(metric: str, value: float) -> str:
     if math.isinf(value):
         return "never"
     kind = unit(metric)
+    if kind == "yes/no":
+        return "yes" if value else "no"
     if kind == "count":
         return f"{value:.0f}"
     if kind == "%":

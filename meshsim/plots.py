@@ -223,7 +223,8 @@ def save_comparison_plots(comparison: Comparison, out_dir: str | os.PathLike) ->
                 for name, r in comparison.results.items()}
     written = []
     for metric in ("success_rate", "latency_p99", "in_flight"):
-        scopes = list(dict.fromkeys(health["scope"]))
+        # Per client would repeat end to end for most scenarios: the callees tell the story.
+        scopes = [s for s in dict.fromkeys(health["scope"]) if not str(s).startswith("client:")]
         fig = _figure()
         axes = fig.subplots(len(scopes), 1, sharex=True, squeeze=False)[:, 0]
         for ax, scope in zip(axes, scopes, strict=True):
