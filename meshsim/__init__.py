@@ -8,6 +8,8 @@ The public API::
     result.requests      # one row per attempt per hop
     result.timeseries    # per second and per service
     result.summary()     # headline figures
+    comparison = meshsim.compare("scenarios/retry-storm.yaml")  # baseline and variants, same seed
+    comparison.table     # metrics by variant
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .compare import Comparison, compare
 from .errors import ScenarioError
 from .result import Result
 from .scenario import Scenario, load_scenario, loads_scenario, parse_scenario
 
 __all__ = [
+    "Comparison",
     "Result",
     "Scenario",
     "ScenarioError",
     "__version__",
+    "compare",
     "load_scenario",
     "loads_scenario",
     "parse_scenario",

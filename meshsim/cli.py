@@ -1,4 +1,4 @@
-"""The ``meshsim`` command line: validate, run, schema, export.
+"""The ``meshsim`` command line: validate, run, compare, schema, export.
 
 Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
 interrupted. The CLI only maps arguments to the Python API.
@@ -45,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     r.add_argument("--access-log", metavar="FILE",
                    help="write an Envoy/Istio text access log of every request row to FILE")
+
+    c = sub.add_parser("compare", help="run variants on common random numbers and compare them")
+    c.add_argument("files", nargs="+", metavar="FILE",
+                   help="one scenario (its baseline and variants) or several (one variant each)")
+    c.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME",
+                   help="compare only this variant of the scenario (repeatable; 'baseline' is "
+                   "the scenario as written)")
+    c.add_argument("--seed", type=_seed, help="seed of every variant (default: the scenario's)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field in every variant (repeatable)")
+    c.add_argument("--out", metavar="DIR",
+                   help="write the table, frames, plots and runs into DIR (atomically; default "
+                   "runs/compare-NAME)")
+    c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
@@ -162,6 +176,51 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .compare import format_table, run_variants, variant_scenarios
+    from .output import COMPARISON_MARKER, OutputError, check_out_dir, write_comparison
+    from .scenario import parse_overrides
+
+    if args.variants and len(args.files) > 1:
+        print("meshsim compare: --variant chooses among the variants of one FILE; with several "
+              "files each file is a variant", file=sys.stderr)
+        return EXIT_INPUT
+    overrides = parse_overrides(args.overrides) if args.overrides else None
+    named = variant_scenarios(args.files, variants=args.variants, overrides=overrides,
+                              source="--set")
+    out = args.out or str(Path("runs") / ("compare-" + "-vs-".join(Path(f).stem
+                                                                     for f in args.files)))
+    try:
+        check_out_dir(out, COMPARISON_MARKER)  # before the work, not after it
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        horizon = max(sc.duration for sc in named.values())
+        bars = {name: _progress_bar(horizon, sys.stderr, name) for name in named}
+
+        def progress(name: str, t: float) -> None:
+            bars[name](t)
+
+    wall = time.perf_counter()
+    comparison = run_variants(named, seed=args.seed, progress=progress)
+    wall = time.perf_counter() - wall
+    if progress is not None:
+        sys.stderr.write("\r\033[K")
+    try:
+        write_comparison(comparison, out)
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if not args.quiet:
+        print(format_table(comparison, wall))
+        print(f"\ntable, frames, plots and runs written to {out}")
+    return EXIT_OK
+
+
 def _schema(args: argparse.Namespace) -> int:
     from .output import OutputError, write_text_atomic
     from .scenario import Scenario
@@ -219,6 +278,7 @@ def _export(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _validate,
     "run": _run,
+    "compare": _compare,
     "schema": _schema,
     "export": _export,
 }
@@ -304,13 +364,14 @@ def _ms(x: float) -> str:
     return "-" if x != x else f"{1000 * x:.1f}"
 
 
-def _progress_bar(horizon: float, stream: TextIO) -> Callable[[float], None]:
+def _progress_bar(horizon: float, stream: TextIO, label: str = "") -> Callable[[float], None]:
     width = 30
+    prefix = f"{label}: " if label else ""
 
     def show(t: float) -> None:
         frac = min(t / horizon, 1.0)
         done = int(frac * width)
-        stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {100 * frac:5.1f}%  "
+        stream.write(f"\r\033[K{prefix}[{'#' * done}{'.' * (width - done)}] {100 * frac:5.1f}%  "
                      f"{t:.0f}s / {horizon:g}s simulated")
         stream.flush()
 

@@ -1,4 +1,4 @@
-"""Writing a run's results to a directory, atomically.
+"""Writing a run's (or a comparison's) results to a directory, atomically.
 
 The files are written into a hidden temporary directory beside the target and renamed into place
 only when all of them are complete, so an error or Ctrl-C never leaves a half-written result
@@ -11,25 +11,33 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .result import Result
 
+if TYPE_CHECKING:
+    from .compare import Comparison
+
 __all__ = [
+    "COMPARISON_MARKER",
     "OutputError",
     "atomic_dir",
     "check_out_dir",
     "summary_dict",
+    "write_comparison",
     "write_run",
     "write_text_atomic",
 ]
 
+#: The file that marks a directory written by :func:`write_comparison` (it may be replaced).
+COMPARISON_MARKER = "table.csv"
 
 
 class OutputError(Exception):
@@ -92,24 +100,65 @@ def write_run(result: Result, out: str | os.PathLike, parquet: bool | None = Non
         The directory written.
     """
     use_parquet = _has_pyarrow() if parquet is None else parquet
+    return atomic_dir(out, lambda tmp: _fill_run(result, tmp, use_parquet),
+                      marker="summary.json")
+
+
+def _fill_run(result: Result, tmp: Path, use_parquet: bool) -> None:
+    if use_parquet:
+        result.requests.to_parquet(tmp / "requests.parquet", index=False)
+    else:
+        result.requests.to_csv(tmp / "requests.csv", index=False)
+    result.timeseries.to_csv(tmp / "timeseries.csv", index=False)
+    result.events.to_csv(tmp / "events.csv", index=False)
+    result.stats.to_csv(tmp / "stats.csv", index=False)
+    result.in_flight.to_csv(tmp / "in_flight.csv", index=False)
+    if result.scenario.faults:
+        result.cascade().to_csv(tmp / "cascade.csv")
+    (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
+    (tmp / "summary.json").write_text(
+        json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+
+
+def write_comparison(comparison: Comparison, out: str | os.PathLike,
+                     parquet: bool | None = None) -> Path:
+    """Write a comparison's frames, plots and runs into ``out`` atomically.
+
+    Writes ``table.csv`` (the printed table, unformatted: seconds and shares), ``summary.csv``,
+    ``health.csv``, ``cascade.csv`` and ``faults.csv`` (the frames of
+    :class:`~meshsim.compare.Comparison`), the PNGs of
+    :func:`~meshsim.plots.save_comparison_plots`, and for each variant a directory
+    ``variants/<name>/`` with the files :func:`write_run` writes.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory written.
+    """
+    from .plots import save_comparison_plots
+
+    use_parquet = _has_pyarrow() if parquet is None else parquet
 
     def fill(tmp: Path) -> None:
-        if use_parquet:
-            result.requests.to_parquet(tmp / "requests.parquet", index=False)
-        else:
-            result.requests.to_csv(tmp / "requests.csv", index=False)
-        result.timeseries.to_csv(tmp / "timeseries.csv", index=False)
-        result.events.to_csv(tmp / "events.csv", index=False)
-        result.stats.to_csv(tmp / "stats.csv", index=False)
-        result.in_flight.to_csv(tmp / "in_flight.csv", index=False)
-        if result.scenario.faults:
-            result.cascade().to_csv(tmp / "cascade.csv")
-        (tmp / "scenario.resolved.yaml").write_text(result.scenario.to_yaml(), encoding="utf-8")
-        (tmp / "summary.json").write_text(
-            json.dumps(summary_dict(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
+        comparison.table.to_csv(tmp / "table.csv")
+        comparison.summary.to_csv(tmp / "summary.csv")
+        comparison.health.to_csv(tmp / "health.csv", index=False)
+        comparison.cascade.to_csv(tmp / "cascade.csv")
+        comparison.faults.to_csv(tmp / "faults.csv", index=False)
+        save_comparison_plots(comparison, tmp)
+        for name, result in comparison.results.items():
+            run_dir = tmp / "variants" / _file_name(name)
+            run_dir.mkdir(parents=True)
+            _fill_run(result, run_dir, use_parquet)
 
-    return atomic_dir(out, fill, marker="summary.json")
+    return atomic_dir(out, fill, marker=COMPARISON_MARKER)
+
+
+def _file_name(name: str) -> str:
+    # A variant's name is a YAML key: anything but a path separator or a leading dot is kept.
+    safe = re.sub(r"[^\w.+-]", "_", name)
+    return "_" + safe if safe.startswith(".") else safe
 
 
 def atomic_dir(out: str | os.PathLike, fill: Callable[[Path], None], marker: str) -> Path:
