@@ -35,6 +35,7 @@ from .limiters import attach as attach_limits
 from .policies.adaptive_concurrency import GradientController, GradientControllerConfig
 from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
+from .policies.fault import FaultConfig, FaultInjector
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.protocol import AdaptiveConcurrencyPolicy, AdmissionPolicy
 from .policies.retry import RetryPolicy
@@ -123,6 +124,8 @@ class Engine:
         #: :class:`~meshsim.policies.protocol.Policy` objects.
         self.app_breakers: dict[tuple[str, str], Any] = {}
         self.admissions: dict[tuple[str, str], Any] = {}
+        #: The fault filter of each (client proxy, destination) whose route injects faults.
+        self.faults: dict[tuple[str, str], FaultInjector] = {}
         self.router = Router(self)
         self._elaborate()
 
@@ -527,9 +530,10 @@ class Engine:
         breaker = self._breaker_spec(source, dest)
         sidecar = sc.mesh.sidecars.get(source) if gateway is None else None
         admission = sidecar.admission_control.get(dest) if sidecar is not None else None
+        fault = route.fault if route is not None else None
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
                         or _retry_can_act(retry) or connect_time is not None
-                        or breaker is not None or admission is not None)
+                        or breaker is not None or admission is not None or fault is not None)
         if not needs_router:
             return
         cl.policy_path = True
@@ -558,6 +562,15 @@ class Engine:
         cl.panic_threshold = panic
         cl.respond_cb = self.router.respond_cb
         cl.send = self.router.start
+        if fault is not None:
+            # The route's fault filter, before the router (shared by the route's subset
+            # clusters, as the filter acts before the weighted pick).
+            if key not in self.faults:
+                config = FaultConfig.from_istio(istio_dict(fault))
+                self.faults[key] = FaultInjector(
+                    config, self.streams.uniform(f"fault:{cl.proxy}->{dest}"))
+            cl.fault = self.faults[key]
+            cl.send = self.router.start_fault
         self.router.timers(cl)
 
     # ---- random variates --------------------------------------------------------------------
