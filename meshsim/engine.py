@@ -37,6 +37,7 @@ from .pod_faults import REFUSED, FaultablePod
 from .policies.adaptive_concurrency import GradientController, GradientControllerConfig
 from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
+from .policies.fault import FaultConfig, FaultInjector
 from .policies.outlier import OutlierConfig, OutlierDetector
 from .policies.protocol import AdaptiveConcurrencyPolicy, AdmissionPolicy
 from .policies.retry import RetryPolicy
@@ -128,6 +129,8 @@ class Engine:
         #: :class:`~meshsim.policies.protocol.Policy` objects.
         self.app_breakers: dict[tuple[str, str], Any] = {}
         self.admissions: dict[tuple[str, str], Any] = {}
+        #: The fault filter of each (client proxy, destination) whose route injects faults.
+        self.fault_filters: dict[tuple[str, str], FaultInjector] = {}
         self.router = Router(self)
         self._elaborate()
 
@@ -578,9 +581,11 @@ class Engine:
         # A host that can crash fails connections and resets requests, which the retry policy
         # may retry (Istio's default retries connect failures).
         can_fail = retry.num_retries > 0 and any(isinstance(h, FaultablePod) for h in cl.hosts)
+        fault = route.fault if route is not None else None
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
                         or _retry_can_act(retry) or connect_time is not None
-                        or breaker is not None or admission is not None or can_fail)
+                        or breaker is not None or admission is not None or can_fail
+                        or fault is not None)
         if not needs_router:
             return
         cl.policy_path = True
@@ -609,6 +614,15 @@ class Engine:
         cl.panic_threshold = panic
         cl.respond_cb = self.router.respond_cb
         cl.send = self.router.start
+        if fault is not None:
+            # The route's fault filter, before the router (shared by the route's subset
+            # clusters, as the filter acts before the weighted pick).
+            if key not in self.fault_filters:
+                config = FaultConfig.from_istio(istio_dict(fault))
+                self.fault_filters[key] = FaultInjector(
+                    config, self.streams.uniform(f"fault:{cl.proxy}->{dest}"))
+            cl.fault = self.fault_filters[key]
+            cl.send = self.router.start_fault
         self.router.timers(cl)
 
     # ---- random variates --------------------------------------------------------------------

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ._base import Model
-from .units import NonNegDuration, PosDuration
+from .policies.fault import GRPC_STATUS_CODES
+from .units import NonNegDuration, PosDuration, format_duration
 
 __all__ = [
     "ConnectionPoolSettings",
     "Destination",
     "DestinationRule",
+    "HTTPFaultInjection",
     "HTTPRetry",
     "HTTPRoute",
     "HTTPRouteDestination",
     "LoadBalancerSettings",
     "OutlierDetection",
+    "Percent",
     "RetryBudget",
     "Subset",
     "TrafficPolicy",
@@ -226,6 +229,82 @@ class HTTPRetry(Model):
     """Base retry back-off (default 25 ms; the cap is 10 × base)."""
 
 
+class Percent(Model):
+    """Istio's ``Percent``: a share of requests, in percent."""
+
+    value: Annotated[float, Field(ge=0, le=100)]
+    """0 to 100, fractions allowed (istiod keeps four decimals: ``value × 10000`` per million)."""
+
+
+class FaultDelay(Model):
+    """``http[].fault.delay``: hold a share of the requests before they are routed."""
+
+    fixed_delay: PosDuration
+    """How long a delayed request is held (at least 1 ms, in whole milliseconds)."""
+    percentage: Percent | None = None
+    """Share of requests delayed; unset (and no ``percent``): none (Istio's field reference)."""
+    percent: Percent100 | None = None
+    """Deprecated integer share, used only when ``percentage`` is unset (as istiod does)."""
+
+    @field_validator("fixed_delay")
+    @classmethod
+    def _whole_ms(cls, value: float) -> float:
+        # istio agent.ValidateDuration: "duration must be at least 1ms", "only durations to ms
+        # precision are supported".
+        if value < 0.001 or round(value * 1e9) % 1_000_000:
+            raise ValueError("must be at least 1ms and in whole milliseconds, got "
+                             f"{format_duration(value)}")
+        return value
+
+
+#: gRPC status names ``abort.grpcStatus`` accepts (istio ``grpc.SupportedGRPCStatus``).
+GrpcStatusName = Literal[tuple(GRPC_STATUS_CODES)]  # type: ignore[valid-type]
+
+
+class FaultAbort(Model):
+    """``http[].fault.abort``: answer a share of the requests with an error, never routed."""
+
+    http_status: Annotated[int, Field(ge=200, le=599)] | None = None
+    """The status of the answer (Envoy's ``http_status``, 200 to 599)."""
+    grpc_status: GrpcStatusName | None = None
+    """A gRPC status name (``UNAVAILABLE``), checked as Istio does, then refused: meshsim's
+    services speak HTTP, where Envoy answers a gRPC abort with 200."""
+    percentage: Percent | None = None
+    """Share of requests aborted; unset: none (Istio's field reference)."""
+
+    @model_validator(mode="after")
+    def _one_status(self) -> FaultAbort:
+        if self.http_status is not None and self.grpc_status is not None:
+            raise ValueError("httpStatus and grpcStatus are exclusive (Istio's errorType is "
+                             "a oneof): set exactly one")
+        if self.http_status is None and self.grpc_status is None:
+            raise ValueError("needs httpStatus (istiod drops an abort without an error type)")
+        if self.grpc_status is not None:
+            raise ValueError("grpcStatus is not simulated: meshsim's services speak HTTP, "
+                             "where Envoy answers a gRPC abort with HTTP 200; use httpStatus "
+                             "(e.g. 503)")
+        return self
+
+
+class HTTPFaultInjection(Model):
+    """``http[].fault``: Envoy's fault filter on the caller's proxy (the client sidecar, or the
+    gateway the ``VirtualService`` is bound to). Delays and aborts are drawn independently; a
+    request can be delayed, then aborted (flags ``DI,FI``)."""
+
+    delay: FaultDelay | None = None
+    """Hold requests before the router: flag ``DI``. This proxy's route and per-try timeouts
+    start after the delay; the caller's own timeouts run during it."""
+    abort: FaultAbort | None = None
+    """Answer requests at once with ``httpStatus``: flag ``FI``, no upstream attempt, never
+    retried by this proxy, unseen by outlier detection and circuit breakers."""
+
+    @model_validator(mode="after")
+    def _delay_or_abort(self) -> HTTPFaultInjection:
+        if self.delay is None and self.abort is None:
+            raise ValueError("must have a delay and/or an abort (as Istio validates it)")
+        return self
+
+
 class PortSelector(Model):
     """``destination.port`` (accepted; every service has one port in meshsim)."""
 
@@ -266,6 +345,8 @@ class HTTPRoute(Model):
     """Route timeout covering all tries and back-off (Istio default: none; plain Envoy: 15 s)."""
     retries: HTTPRetry | None = None
     """Retry policy; unset: Istio's default (2 retries on connect failures, not on 503)."""
+    fault: HTTPFaultInjection | None = None
+    """Delays and aborts injected by the caller's proxy into a share of the requests."""
 
 
 class VirtualService(Model):

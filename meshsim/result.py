@@ -101,7 +101,8 @@ class Result:
         Envoy's counters and gauges at the end of the run, one row per proxy, cluster and
         statistic (columns :data:`STAT_COLUMNS`): ``upstream_rq_pending_overflow``,
         ``upstream_rq_retry``, ``upstream_rq_timeout``, ``outlier_detection.ejections_active``,
-        ``lb_healthy_panic``, ... Only clusters whose policies could act have rows.
+        ``lb_healthy_panic``, ``fault.aborts_injected``, ... Only clusters whose policies
+        could act have rows.
     meta : dict
         Seed, duration, warm-up, arrivals per client, versions and wall-clock time.
     """
@@ -237,6 +238,9 @@ def _stats(engine: Engine) -> pd.DataFrame:
         rows += [(cl.proxy, cl.dest, k, int(v)) for k, v in sorted(values.items())]
     gates = [(key, "app_circuit_breaker", b.stats) for key, b in engine.app_breakers.items()]
     gates += [(key, "admission_control", a.stats) for key, a in engine.admissions.items()]
+    # The fault filter's http.<stat_prefix>.fault.* counters and its active_faults gauge.
+    gates += [(key, "fault", {**f.stats, "active_faults": f.active_faults})
+              for key, f in engine.fault_filters.items()]
     for (proxy, dest), prefix, stats in gates:
         rows += [(proxy, dest, f"{prefix}.{k}", int(v)) for k, v in sorted(stats.items())]
     for pod in _inbound_pods(engine):

@@ -6,8 +6,9 @@ glue that schedules what they ask for (back-off, per-try and route timers, conne
 outlier ticks) and writes one record row per attempt. The order of operations follows Envoy's
 router (``Router::Filter``) and ``UpstreamRequest``:
 
-0. ask the caller app's circuit breaker and the sidecar's admission control, both before the
-   call is routed (:mod:`meshsim.policies.protocol`); a refusal never reaches the pool;
+0. ask the caller app's circuit breaker, then the route's fault filter (:meth:`Router.start_fault`,
+   Istio's ``http[].fault``), then the sidecar's admission control, all before the call is
+   routed (:mod:`meshsim.policies.protocol`); a refusal never reaches the pool;
 1. pick a host among the available ones (``LoadBalancerBase::chooseHost``; outlier-ejected hosts
    are left out unless the cluster is in panic; none available: 503 ``UH``, not retried);
 2. ask the connection pool (``newStream``): attached, pending, or overflow (503 ``UO`` at once,
@@ -32,6 +33,7 @@ from .app_breakers import FLAG_FALLBACK, FLAG_OPEN
 from .attempt import Attempt
 from .pod_faults import REFUSED
 from .policies.connection_pool import ATTACHED, OVERFLOW
+from .policies.fault import NO_FAULT, FaultDecision
 from .policies.protocol import Completion, Request
 from .policies.retry import Outcome, RetryState
 
@@ -48,8 +50,9 @@ _INF = float("inf")
 class Call:
     """One downstream request at one client proxy (Envoy's router stream)."""
 
-    __slots__ = ("cluster", "current", "deadline", "done", "first_host", "optional", "parent",
-                 "route_armed", "route_to", "start", "state")
+    # ``fault`` (the fault filter's FaultDecision) is set only on calls the filter holds.
+    __slots__ = ("cluster", "current", "deadline", "delayed", "done", "fault", "first_host",
+                 "optional", "parent", "route_armed", "route_to", "start", "state")
 
     def __init__(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None,
                  now: float):
@@ -67,6 +70,16 @@ class Call:
         timeout = cluster.route_timeout
         self.deadline = None if timeout is None else now + timeout
         self.route_armed = False  # whether the route timer holds an entry for it
+        #: Seconds the fault filter held the request before the router saw it (0: none).
+        self.delayed = 0.0
+
+    def after_delay(self, delay: float, now: float) -> None:
+        """The fault filter held the request for ``delay`` until ``now``: the router's clock
+        (route timer, retry state) starts only now."""
+        self.delayed = delay
+        self.start = now
+        timeout = self.cluster.route_timeout
+        self.deadline = None if timeout is None else now + timeout
 
     def retry_state(self) -> RetryState:
         state = self.state
@@ -217,6 +230,7 @@ class Router:
         self._connected_cb = (self._connected,)
         self._connect_timeout_cb = (self._connect_timeout,)
         self._fallback_cb = (self._fallback_done,)
+        self._fault_delay_cb = (self._fault_delay_done,)
         self._connect_failure = Outcome.connect_failure()
         self._termination = Outcome.connection_termination()
         #: Callback tuple for the response leg of the router's attempts (``Engine.later``).
@@ -247,27 +261,32 @@ class Router:
             call.cluster.route_timers.add_late(call.deadline, call)
 
     def start(self, parent: Attempt, cluster: Cluster, optional: bool, route_to: str | None,
-              ) -> None:
+              call: Call | None = None) -> None:
         """The pod (or gateway) working on ``parent`` calls ``cluster``.
 
         This is :meth:`_try` for a call's first try, written out flat: it runs for every call
         through a proxy with policies, so it saves the calls and checks a first try does not
         need. Anything unusual (no healthy host, panic, a pool that does not attach at once)
-        takes the general path.
+        takes the general path. ``call`` is given by :meth:`start_fault`, for a call the app's
+        breaker has let through and the fault filter has passed on.
         """
         now = self.env._now
         cl = cluster
-        if cl.breaker is not None or cl.admission is not None:
-            # The caller app's breaker, then the sidecar's admission control filter: both are
-            # meshsim.policies.protocol.Policy objects, asked before the call is routed.
-            request = _request(parent, cl)
-            if cl.breaker is not None and not cl.breaker.admit(now, request):
-                self._refuse(parent, cl, optional, route_to, now)
-                return
-            if cl.admission is not None and not cl.admission.admit(now, request):
-                self._reject_admission(parent, cl, optional, route_to, now)
-                return
-        call = Call(parent, cl, optional, route_to, now)
+        if call is None:
+            if cl.breaker is not None or cl.admission is not None:
+                # The caller app's breaker, then the sidecar's admission control filter: both
+                # are meshsim.policies.protocol.Policy objects, asked before the call is routed.
+                request = _request(parent, cl)
+                if cl.breaker is not None and not cl.breaker.admit(now, request):
+                    self._refuse(parent, cl, optional, route_to, now)
+                    return
+                if cl.admission is not None and not cl.admission.admit(now, request):
+                    self._reject_admission(parent, cl, optional, route_to, now)
+                    return
+            call = Call(parent, cl, optional, route_to, now)
+        elif cl.admission is not None and not cl.admission.admit(now, _request(parent, cl)):
+            self._reject_admission(parent, cl, optional, route_to, now, call)
+            return
         deadline = call.deadline
         if deadline is not None and not cl.route_timers.lazy:
             call.route_armed = True
@@ -300,6 +319,71 @@ class Router:
                 self._drain_connects(cl)
         else:
             self._not_attached(call, a, verdict)
+
+    # ---- the route's fault filter (Istio ``http[].fault``) -------------------------------------
+
+    def start_fault(self, parent: Attempt, cluster: Cluster, optional: bool,
+                    route_to: str | None) -> None:
+        """:meth:`start` for a cluster whose route injects faults (``cluster.fault``).
+
+        Istio puts the fault on the caller's route as ``typed_per_filter_config`` of
+        ``envoy.filters.http.fault``, a filter ahead of the router (istiod
+        ``pilot/pkg/networking/core/route/route.go``, which keeps the route's retries and
+        timeout): it acts after the app's own breaker and before admission control and the
+        router. See ``../shared/envoy-semantics.md`` §7 and
+        https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/fault_filter.
+        """
+        now = self.env._now
+        cl = cluster
+        if cl.breaker is not None and not cl.breaker.admit(now, _request(parent, cl)):
+            self._refuse(parent, cl, optional, route_to, now)
+            return
+        decision = cl.fault.decide(now)
+        call = Call(parent, cl, optional, route_to, now)
+        if decision is NO_FAULT:
+            self.start(parent, cl, optional, route_to, call)
+        elif decision.delay > 0:
+            # Held before the router: no host, connection or breaker slot is taken, and this
+            # proxy's route and per-try timers do not run ([exp] §4.2, §7). The timer event
+            # holds the call, so Engine.in_flight finds its caller.
+            call.fault = decision
+            self.engine.later(decision.delay, self._fault_delay_cb, call)
+        else:
+            self._fault_abort(call, decision, now)
+
+    def _fault_delay_done(self, ev: Any) -> None:
+        call = ev._value
+        decision: FaultDecision = call.fault
+        call.cluster.fault.on_fault_end()
+        now = self.env._now
+        if decision.aborted:
+            self._fault_abort(call, decision, now)  # flags DI,FI
+            return
+        call.after_delay(decision.delay, now)
+        self.start(call.parent, call.cluster, call.optional, call.route_to, call)
+
+    def _fault_abort(self, call: Call, decision: FaultDecision, now: float) -> None:
+        """The fault filter answers ``call`` itself: one row without a host, from the call's
+        start, attempt 1; the router never sees it, so no retry, no outlier or pool accounting,
+        and the admission filter behind it does not count it either."""
+        a = self._attempt(call, None, call.start)
+        a.status = decision.status
+        a.flags = self.engine.flag_code(decision.flags)
+        self._record(a, now)
+        call.done = True
+        cl = call.cluster
+        if cl.breaker is not None:
+            completion = Completion(decision.status, now - call.start, False)
+            cl.breaker.on_outcome(now, _request(call.parent, cl), completion)
+        parent = call.parent
+        parent.host.child_done(parent, decision.status, a.flags, call.optional)
+
+    def _verdict(self, call: Call, flags: str) -> str:
+        """The flags of a call's answer: ``DI`` first when the fault filter delayed it (Envoy
+        prints flags in the order they were set, ``StreamInfoImpl::setResponseFlag``)."""
+        if not call.delayed:
+            return flags
+        return "DI" if flags == "-" else f"DI,{flags}"
 
     def _try(self, call: Call) -> None:
         now = self.env._now
@@ -491,7 +575,7 @@ class Router:
             wanted = cl.retry_wanted[status] = cl.retry_policy.wants_retry(self._outcome(status))
         state = call.state
         if not wanted and (state is None or not state.holds_retry) and (
-                call.deadline is None or now < call.deadline):
+                call.deadline is None or now < call.deadline) and not call.delayed:
             # Nothing to decide: RetryState.decide would answer with the response as it is.
             # (_record and _finish, written out: this is every plain answer.)
             if state is not None:
@@ -529,6 +613,7 @@ class Router:
 
     def _route_timeout(self, call: Call) -> None:
         now = self.env._now
+        flags = self._verdict(call, "UT")
         state = call.retry_state()
         cl = call.cluster
         if state.done:
@@ -552,19 +637,19 @@ class Router:
                 cl.pool.cancel_pending(now, a.hostidx, a)
                 cl.active[a.hostidx] -= 1
                 a.status = 504
-                a.flags = self.engine.flag_code("UT")
+                a.flags = self.engine.flag_code(flags)
                 self._record(a, now)
             else:
-                self._abandon(a, now, 504, "UT")
+                self._abandon(a, now, 504, flags)
                 if cl.outlier is not None:
                     cl.outlier.on_result(now, a.hostidx, 504, local_origin=True)
         else:
             # Between attempts (back-off): the timeout is a local reply of its own.
             b = self._attempt(call, None, now)
             b.status = 504
-            b.flags = self.engine.flag_code("UT")
+            b.flags = self.engine.flag_code(flags)
             self._record(b, now)
-        self._finish(call, 504, "UT")
+        self._finish(call, 504, flags)
 
     def _abandon(self, a: Attempt, now: float, status: int, flags: str) -> None:
         """The caller stops waiting for ``a``; the callee is not told and keeps working."""
@@ -622,6 +707,7 @@ class Router:
             return
         # The verdict (URX, UO, ...) goes on the last attempt's row; an abandoned attempt's row
         # is written when the callee's late answer arrives.
+        flags = self._verdict(call, flags)
         a.flags = self.engine.flag_code(flags)
         if not a.abandoned:
             self._record(a, now)
@@ -635,6 +721,7 @@ class Router:
     def _local_reply(self, call: Call, a: Attempt, status: int, flags: str) -> None:
         """The proxy answers by itself (overflow, no healthy host): never retried."""
         now = self.env._now
+        flags = self._verdict(call, flags)
         a.status = status
         a.flags = self.engine.flag_code(flags)
         self._record(a, now)
@@ -663,7 +750,9 @@ class Router:
         as the client library sees it)."""
         cl = call.cluster
         request = _request(call.parent, cl)
-        completion = Completion(status, now - call.start, "UT" in flags.split(","))
+        # The app waited from its call, a fault's delay included.
+        completion = Completion(status, now - call.start + call.delayed,
+                                "UT" in flags.split(","))
         if cl.admission is not None:
             # Envoy's filter sees the response the router sends downstream, local replies too.
             cl.admission.on_outcome(now, request, completion)
@@ -671,13 +760,17 @@ class Router:
             cl.breaker.on_outcome(now, request, completion)
 
     def _reject_admission(self, parent: Attempt, cl: Cluster, optional: bool,
-                          route_to: str | None, now: float) -> None:
+                          route_to: str | None, now: float, call: Call | None = None) -> None:
         """Envoy's admission control filter answers 503 itself (details
-        ``denied_by_admission_control``, no response flag); the request never reaches the
-        router, so it is neither retried nor counted by the filter."""
-        call = Call(parent, cl, optional, route_to, now)
+        ``denied_by_admission_control``, no response flag but a fault delay's ``DI``); the
+        request never reaches the router, so it is neither retried nor counted by the
+        filter."""
+        if call is None:
+            call = Call(parent, cl, optional, route_to, now)
         a = self._attempt(call, None, now)
         a.status = 503
+        if call.delayed:
+            a.flags = self.engine.flag_code("DI")
         self._record(a, now)
         self._close(a)
 

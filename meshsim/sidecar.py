@@ -41,7 +41,7 @@ class Cluster:
         Whether calls need the router (:mod:`meshsim.router`): some policy here can act. When
         false the engine's lean path is exact: no limit can be reached, no host ejected, no
         timer fire and no retry be wanted.
-    pool, outlier, retry_policy, retry_uniform, panic_threshold
+    pool, outlier, retry_policy, retry_uniform, panic_threshold, fault
         The policies (:mod:`meshsim.policies`) when ``policy_path`` is true.
     stats : dict of str to int
         Router and balancer counters under Envoy's names (the pool's and the detector's own
@@ -52,7 +52,7 @@ class Cluster:
 
     __slots__ = (
         "active", "admission", "avail", "back_delay", "breaker", "code", "connect_time",
-        "dest", "events", "guarded", "hosts", "in_panic",
+        "dest", "events", "fault", "guarded", "hosts", "in_panic",
         "out_delay", "outlier", "panic_threshold", "per_try_timeout", "pick", "policy_path",
         "pool", "proxy", "respond_cb", "retry_policy", "retry_uniform", "retry_wanted",
         "route_timeout", "route_timers", "seen", "send", "source_name", "stats", "try_timers",
@@ -101,6 +101,10 @@ class Cluster:
         self.breaker: Any = None
         self.when_open: Any = None
         self.admission: Any = None
+        #: The fault filter of the route (:class:`meshsim.policies.fault.FaultInjector`), which
+        #: acts after the app's breaker and before admission control and the router; None
+        #: when the route injects no fault.
+        self.fault: Any = None
         self.source_name = ""
         self.guarded = dest
         #: ``connect_time() -> float`` seconds to open a connection, or None for at once.

@@ -62,7 +62,8 @@ mesh:
     destinationRules:
       front: {trafficPolicy: {connectionPool: {http: {http2MaxRequests: 100}}}}
     virtualServices:
-      front: {http: [{timeout: 3s, retries: {attempts: 1, retryOn: 5xx}}]}
+      front: {http: [{timeout: 3s, retries: {attempts: 1, retryOn: 5xx},
+                      fault: {abort: {httpStatus: 503, percentage: {value: 0.1}}}}]}
   egressGateway:
     replicas: 1
     destinationRules:
@@ -106,6 +107,10 @@ mesh:
           timeout: 500ms
           retries: {attempts: 3, perTryTimeout: 100ms, retryOn: "5xx,gateway-error,503",
                     retryRemoteLocalities: false}
+          fault:
+            delay: {fixedDelay: 1500ms, percentage: {value: 2.5}}
+            abort: {httpStatus: 429, percentage: {value: 0.5}}
+        - fault: {delay: {fixedDelay: 5s, percent: 1}}
         - {timeout: 1s}
     db: {http: [{retries: {attempts: 2, retryIgnorePreviousHosts: false, backoff: 10ms}}]}
     api.payments.example: {http: [{timeout: 5s, retries: {attempts: 0}}]}
@@ -273,7 +278,10 @@ def test_hosts_and_destinations():
         "timeout": "500ms",
         "retries": {"attempts": 3, "perTryTimeout": "100ms", "retryOn": "5xx,gateway-error,503",
                     "retryRemoteLocalities": False},
+        "fault": {"delay": {"fixedDelay": "1500ms", "percentage": {"value": 2.5}},
+                  "abort": {"httpStatus": 429, "percentage": {"value": 0.5}}},
     }
+    assert vs["http"][1]["fault"] == {"delay": {"fixedDelay": "5s", "percent": 1}}
     gw_rule = found["mesh.ingressGateway.destinationRules.front"]
     assert gw_rule["metadata"]["namespace"] == "istio-system"
     assert gw_rule["spec"]["workloadSelector"] == {"matchLabels": {"istio": "ingressgateway"}}
@@ -323,7 +331,8 @@ def test_ingress_gateway_and_its_routes():
         "hosts": ["front"],
         "gateways": ["ingress-gateway"],
         "http": [{"route": [{"destination": {"host": "front.default.svc.cluster.local"}}],
-                  "timeout": "3s", "retries": {"attempts": 1, "retryOn": "5xx"}}],
+                  "timeout": "3s", "retries": {"attempts": 1, "retryOn": "5xx"},
+                  "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 0.1}}}}],
     }
 
 

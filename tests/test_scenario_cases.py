@@ -178,6 +178,7 @@ def test_valid_cases_cover_every_feature():
         model.Version,
         istio.Subset,
         istio.HTTPRouteDestination,
+        istio.HTTPFaultInjection,
     }
     assert wanted <= kinds, f"not covered: {sorted(k.__name__ for k in wanted - kinds)}"
 
