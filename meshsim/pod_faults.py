@@ -56,8 +56,10 @@ class FaultablePod(Pod):
         self.answer = 0
         #: What waits while the pod is frozen: ``(method, args)`` in arrival order.
         self.held: list[tuple[Callable[..., None], tuple]] = []
-        #: Requests holding a worker (in work or waiting for their calls).
-        self.working: set[Attempt] = set()
+        #: Requests holding a worker (in work or waiting for their calls), in the order they
+        #: started: a dict, not a set, so that a crash resets them in an order that does not
+        #: depend on memory addresses (same seed, same run).
+        self.working: dict[Attempt, None] = {}
         #: Spans of requests the crash reset, whose calls' answers must be dropped.
         self.killed: set[int] = set()
         #: ``on_fail(attempt, why)``: send the caller its failure (set by the engine).
@@ -79,7 +81,7 @@ class FaultablePod(Pod):
         if self.frozen:
             self.held.append((self._admit, (a,)))
             return
-        self.working.add(a)
+        self.working[a] = None
         super()._start(a)
 
     def _worked(self, a: Attempt) -> None:
@@ -103,7 +105,7 @@ class FaultablePod(Pod):
         super().child_done(a, status, flags, optional)
 
     def _finish(self, a: Attempt, status: int) -> None:
-        self.working.discard(a)
+        self.working.pop(a, None)
         super()._finish(a, status)
 
     # -- fault edges (called by the engine) ------------------------------------------------
