@@ -30,8 +30,10 @@ from .app_breakers import build_breaker
 from .attempt import Attempt
 from .checks import selects
 from .distributions import Constant
+from .injection import FaultSchedule, faultable_pods
 from .istio import TrafficPolicy, istio_dict
 from .limiters import attach as attach_limits
+from .pod_faults import REFUSED, FaultablePod
 from .policies.adaptive_concurrency import GradientController, GradientControllerConfig
 from .policies.admission_control import AdmissionControlConfig, AdmissionController
 from .policies.connection_pool import ConnectionPool, PoolConfig
@@ -107,6 +109,7 @@ class Engine:
         self._queue = self.env._queue
         self._eid = self.env._eid
         self.respond_cb = (self._respond,)
+        self._failed_cb = (self._failed,)
         self.clients: list[ClientDriver] = []
         self.pods: dict[str, list[Any]] = {}
         #: Labels of each service's pods, in the order of ``pods`` (subsets select by them).
@@ -119,6 +122,8 @@ class Engine:
         self.flag_names = Names(["-"])
         self.no_host = _NoHost(self.hosts.code("-"))
         self.clusters: list[Cluster] = []
+        #: The clusters of clients that enter through the ingress gateway (no policies).
+        self.entry_clusters: list[Cluster] = []
         #: App-level breakers and admission controllers, by (calling pod, destination), as
         #: :class:`~meshsim.policies.protocol.Policy` objects.
         self.app_breakers: dict[tuple[str, str], Any] = {}
@@ -213,6 +218,33 @@ class Engine:
         else:
             parent.host.child_done(parent, a.status, a.flags, a.optional)
 
+    def fail(self, a: Attempt, why: int) -> None:
+        """A faulty pod gives ``a`` no answer: its connection was refused or terminated
+        (``why``); the caller's proxy learns it after the response leg's delay."""
+        self.later(a.cluster.back_delay(), self._failed_cb, (a, why))
+
+    def _failed(self, ev: Any) -> None:
+        a, why = ev._value
+        if a.cluster.policy_path:
+            self.router.upstream_failed(a, why)
+            return
+        # No policy can act: the caller's proxy answers 503 with the reason's flag.
+        a.status = 503
+        a.flags = self.flag_code("UF" if why == REFUSED else "UC")
+        self._respond(a)
+
+    def all_clusters(self) -> list[Cluster]:
+        """Every cluster of every proxy, the clients' entry clusters included."""
+        return self.clusters + self.entry_clusters
+
+    def fresh_inbound(self, service: str) -> ConnectionPool | None:
+        """A new pod sidecar's inbound pool for ``service`` (a restarted pod's)."""
+        return self._inbound_pool(service) if service in self.scenario.services else None
+
+    def fault_sampler(self, name: str, dist: Any) -> Callable[[], float]:
+        """A sampler of ``dist`` on the stream ``name`` (for a fault's draws)."""
+        return self._sampler(name, dist)
+
     def flag_code(self, flags: str) -> int:
         """Code of an Envoy response-flags string (``"-"`` is 0) in the records."""
         return self.flag_names.code(flags)
@@ -230,6 +262,9 @@ class Engine:
         found: dict[int, Attempt] = {}
         seeds = [ev if isinstance(ev, Attempt) else ev._value for _, _, _, ev in self._queue]
         seeds += [a for pods in self.pods.values() for p in pods for a in getattr(p, "queue", ())]
+        # ... or held by a hung pod, or in work there.
+        seeds += [a for pods in self.pods.values() for p in pods if isinstance(p, FaultablePod)
+                  for a in [*p.held_attempts(), *p.working]]
         # ... or waiting in the pool of the callee's own sidecar.
         seeds += [a for pods in self.pods.values() for p in pods if p.inbound is not None
                   for a in p.inbound.hosts[0].pending]
@@ -258,6 +293,8 @@ class Engine:
     def _elaborate(self) -> None:
         sc = self.scenario
         streams = self.streams
+        #: Pods (and external hosts) a crash, hang or outage can hit: built as FaultablePod.
+        self._faultable = faultable_pods(sc)
         for name, svc in sc.services.items():
             pods = []
             for dep in svc.deployments():
@@ -267,7 +304,8 @@ class Engine:
         for name, ext in sc.external_services.items():
             latency = self._sampler(f"latency:{name}", ext.latency)
             error = self._error_fn(name, f"errors:{name}", ext.errors)
-            host = Pod(self, name, ext.concurrency or float("inf"), None, latency, error)
+            cls = FaultablePod if name in self._faultable else Pod
+            host = cls(self, name, ext.concurrency or float("inf"), None, latency, error)
             host.service = self.nodes.code(name)
             host.code = self.hosts.code(name)
             self.pods[name] = [host]
@@ -316,6 +354,8 @@ class Engine:
                                 net, net)
                 entry.respond_cb = self.respond_cb
                 entry.send = self._send_lean
+                entry.source_name = f"client:{cl.client}"
+                self.entry_clusters.append(entry)
                 route_to = cl.entry
             else:
                 entry = self._cluster(f"client:{cl.client}", f"client:{cl.client}", cl.entry)
@@ -331,6 +371,12 @@ class Engine:
             self.clients.append(driver)
         #: The rate limits in front of pods (:mod:`meshsim.limiters`); none in most scenarios.
         self.limits = attach_limits(self)
+        for pods in self.pods.values():
+            for pod in pods:
+                if isinstance(pod, FaultablePod):
+                    pod.on_fail = self.fail
+        #: The fault schedule (:mod:`meshsim.injection`), started with the run.
+        self.faults = FaultSchedule(self)
 
     def _deployment(self, name: str, dep: Deployment) -> list[Pod]:
         """The pods of one deployment of service ``name``.
@@ -352,7 +398,8 @@ class Engine:
         pods = []
         for pod_name in dep.pod_names(name):
             error = self._error_fn(f"{name}:{pod_name}", stream("errors"), dep.errors)
-            pod = Pod(self, pod_name, dep.workers, dep.queue, latency, error,
+            cls = FaultablePod if pod_name in self._faultable else Pod
+            pod = cls(self, pod_name, dep.workers, dep.queue, latency, error,
                       dep.downstream_error_status)
             pod.service = self.nodes.code(name)
             pod.code = self.hosts.code(pod_name)
@@ -453,6 +500,7 @@ class Engine:
                      self._net(source, label))
         cl.respond_cb = self.respond_cb
         cl.send = self._send_lean
+        cl.source_name = source
         if not source.startswith("client"):
             self._policies(cl, f"{proxy}->{key}", dest, gateway, source, subset)
         self.clusters.append(cl)
@@ -527,9 +575,12 @@ class Engine:
         breaker = self._breaker_spec(source, dest)
         sidecar = sc.mesh.sidecars.get(source) if gateway is None else None
         admission = sidecar.admission_control.get(dest) if sidecar is not None else None
+        # A host that can crash fails connections and resets requests, which the retry policy
+        # may retry (Istio's default retries connect failures).
+        can_fail = retry.num_retries > 0 and any(isinstance(h, FaultablePod) for h in cl.hosts)
         needs_router = (outlier is not None or _limits_pool(pool_cfg)
                         or _retry_can_act(retry) or connect_time is not None
-                        or breaker is not None or admission is not None)
+                        or breaker is not None or admission is not None or can_fail)
         if not needs_router:
             return
         cl.policy_path = True
@@ -651,6 +702,7 @@ class Engine:
                 self.router.start_outlier_timer(cl)
         for driver in self.clients:
             driver.start()
+        self.faults.start()
         if progress is None:
             self.env.run(until=self.horizon)
         else:

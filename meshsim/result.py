@@ -93,6 +93,9 @@ class Result:
         ``pool_recovered``, ``panic_enter``, ``panic_exit``), ``source`` (the client proxy:
         a pod or gateway pod), ``destination`` (the upstream cluster), ``host`` (the pod
         concerned, or ``-``) and ``detail`` (the detector type, the limit that was reached, ...).
+        The scenario's faults add ``fault_started`` and ``fault_ended`` rows: source
+        ``fault``, destination the target (service, external host, edge destination or
+        client), host the pod (or ``-``), detail the fault's label.
     stats : pandas.DataFrame
         Envoy's counters and gauges at the end of the run, one row per proxy, cluster and
         statistic (columns :data:`STAT_COLUMNS`): ``upstream_rq_pending_overflow``,
@@ -206,6 +209,7 @@ def _events(engine: Engine) -> pd.DataFrame:
             rows.append((t, kind, pod.name, INBOUND, pod.name, detail))
     for limiter in engine.limits:
         rows += limiter.event_rows()
+    rows += engine.faults.events
     rows.sort(key=lambda r: r[0])
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     return frame.astype({"t": "float64"})

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .app_breakers import FLAG_FALLBACK, FLAG_OPEN
 from .attempt import Attempt
+from .pod_faults import REFUSED
 from .policies.connection_pool import ATTACHED, OVERFLOW
 from .policies.protocol import Completion, Request
 from .policies.retry import Outcome, RetryState
@@ -217,6 +218,7 @@ class Router:
         self._connect_timeout_cb = (self._connect_timeout,)
         self._fallback_cb = (self._fallback_done,)
         self._connect_failure = Outcome.connect_failure()
+        self._termination = Outcome.connection_termination()
         #: Callback tuple for the response leg of the router's attempts (``Engine.later``).
         self.respond_cb = (self._respond,)
         self._tick_cb = (self._outlier_tick,)
@@ -432,6 +434,31 @@ class Router:
             a.flags = self.engine.flag_code("UF")
             self._decide(a.call, a, self._connect_failure, now)
         self._drain_connects(cl)
+
+    def upstream_failed(self, a: Attempt, why: int) -> None:
+        """The host of ``a`` refused its connection (``why`` REFUSED: 503 ``UF``) or the
+        connection closed with ``a`` on it (TERMINATED: 503 ``UC``), as when a pod crashes.
+
+        Both are local-origin failures for outlier detection; Envoy's router reports every
+        upstream reset as ``LocalOriginConnectFailed`` (``Filter::onUpstreamReset``), which
+        counts as a 5xx and a gateway failure unless ``splitExternalLocalOriginErrors``.
+        """
+        now = self.env._now
+        if a.abandoned:
+            # The caller had already given up (its timeout): the row keeps what it saw then.
+            a.status = a.abandoned
+            self._record(a, a.t_end)
+            return
+        cl = a.cluster
+        host = a.hostidx
+        cl.active[host] -= 1
+        self._free_stream(cl, a, now)
+        if cl.outlier is not None:
+            cl.outlier.on_result(now, host, 503, local_origin=True)
+        a.status = 503
+        refused = why == REFUSED
+        a.flags = self.engine.flag_code("UF" if refused else "UC")
+        self._decide(a.call, a, self._connect_failure if refused else self._termination, now)
 
     # ---- outcomes -----------------------------------------------------------------------------
 

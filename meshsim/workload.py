@@ -39,6 +39,11 @@ class ClientDriver:
         self._send_cb = (self._send_event,)
         self.done = self._count_done
         self._horizon = engine.horizon
+        # A load spike (meshsim.faults) scales the candidate rate; the generation tells the
+        # candidate event scheduled before a change from the one scheduled at it.
+        self._scale = 1.0
+        self._gen = 0
+        self._retire = 0
         if isinstance(arrival, PoissonArrivals):
             profile = arrival.rate
             self._max = profile.max_rate()
@@ -56,14 +61,37 @@ class ClientDriver:
             for _ in range(self._users):
                 eng.later(self._think(), self._send_cb, None)
         else:
-            eng.later(self._expo() / self._max, self._next_cb, None)
+            eng.later(self._expo() / self._max, self._next_cb, 0)
+
+    def scale(self, factor: float) -> None:
+        """Multiply the client's load by ``factor`` from now on (a load spike's edges).
+
+        Open loop: the rate. The pending candidate arrival is dropped and the next one drawn at
+        the new rate: exact, as the time to the next Poisson arrival is memoryless. Closed
+        loop: the number of users; extra users start within one think time, and users beyond
+        the new number leave when their request completes.
+        """
+        eng = self.engine
+        if self.done == self._user_done:
+            before = round(self._users * self._scale)
+            self._scale *= factor
+            change = round(self._users * self._scale) - before
+            for _ in range(max(change, 0)):
+                eng.later(self._think(), self._send_cb, None)
+            self._retire += max(-change, 0)
+            return
+        self._scale *= factor
+        self._gen += 1
+        eng.later(self._expo() / (self._max * self._scale), self._next_cb, self._gen)
 
     def _poisson_next(self, ev: Any) -> None:
+        if ev._value != self._gen:
+            return  # drawn before the load changed
         eng = self.engine
         rate_at = self._rate_at
         if rate_at is None or self._uniform() * self._max < rate_at(eng.env._now):
             self._send()
-        eng.later(self._expo() / self._max, self._next_cb, None)
+        eng.later(self._expo() / (self._max * self._scale), self._next_cb, self._gen)
 
     def _send_event(self, ev: Any) -> None:
         self._send()
@@ -77,4 +105,7 @@ class ClientDriver:
 
     def _user_done(self, a: Attempt) -> None:
         self.completed += 1
+        if self._retire:
+            self._retire -= 1  # a load spike is over: this user leaves
+            return
         self.engine.later(self._think(), self._send_cb, None)

@@ -71,6 +71,7 @@ class OutcomeKind(enum.StrEnum):
     RESPONSE = "response"  # response headers arrived (any status)
     CONNECT_FAILURE = "connect_failure"  # TCP connect failed or timed out; request never sent
     RESET = "reset"  # stream reset / disconnect after the request was sent
+    CONNECTION_TERMINATION = "connection_termination"  # the connection closed under the stream
     REFUSED_STREAM = "refused_stream"  # HTTP/2 REFUSED_STREAM
     PER_TRY_TIMEOUT = "per_try_timeout"  # the per-try timer fired before response headers
     OVERFLOW = "overflow"  # a local circuit breaker refused the attempt (503 UO)
@@ -81,6 +82,7 @@ class OutcomeKind(enum.StrEnum):
 _LOCAL_REPLY = {
     OutcomeKind.CONNECT_FAILURE: (503, "UF"),
     OutcomeKind.RESET: (503, "UR"),
+    OutcomeKind.CONNECTION_TERMINATION: (503, "UC"),
     OutcomeKind.REFUSED_STREAM: (503, "UR"),
     OutcomeKind.PER_TRY_TIMEOUT: (504, "UT"),
     OutcomeKind.OVERFLOW: (503, "UO"),
@@ -130,6 +132,12 @@ class Outcome:
     @classmethod
     def reset(cls) -> Outcome:
         return cls(OutcomeKind.RESET, 503)
+
+    @classmethod
+    def connection_termination(cls) -> Outcome:
+        """The upstream connection closed with the request on it (a crashed pod): Envoy's
+        ``ConnectionTermination`` reset reason, flag ``UC``; retried like any reset."""
+        return cls(OutcomeKind.CONNECTION_TERMINATION, 503)
 
     @classmethod
     def refused_stream(cls) -> Outcome:
