@@ -15,6 +15,13 @@ SCENARIOS = sorted(ROOT.glob("**/*.yaml"))
 SHORT = {"duration": "5s", "warmup": "1s"}
 
 
+def short(scenario: meshsim.Scenario) -> meshsim.Scenario:
+    """The scenario cut to 5 s, with the faults that start in them (a later one is an error)."""
+    faults = [f.model_dump(mode="json", by_alias=True, exclude_unset=True)
+              for f in scenario.faults if f.start < 5]
+    return scenario.with_overrides({**SHORT, "faults": faults})
+
+
 def test_there_are_example_scenarios():
     assert SCENARIOS, "scenarios/*.yaml not found"
     assert any(p.parent.name == "cookbook" for p in SCENARIOS), "scenarios/cookbook/ not found"
@@ -31,7 +38,7 @@ def test_example_validates(path: Path, capsys):
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: str(p.relative_to(ROOT).with_suffix("")))
 def test_example_runs(path: Path):
     scenario = meshsim.load_scenario(path)
-    result = meshsim.run(scenario.with_overrides(SHORT))
+    result = meshsim.run(short(scenario))
     e2e = result.end_to_end()
     assert len(e2e) > 0
     ok = (e2e["status"] >= 200) & (e2e["status"] < 300)
@@ -52,5 +59,5 @@ def test_example_resolved_yaml_round_trips(path: Path):
 def test_example_variants_run(path: Path):
     scenario = meshsim.load_scenario(path)
     for name in scenario.variants:
-        result = meshsim.run(scenario.variant(name).with_overrides(SHORT))
+        result = meshsim.run(short(scenario.variant(name)))
         assert result.summary().loc["end-to-end", "requests"] > 0, name
