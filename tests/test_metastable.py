@@ -8,6 +8,7 @@ baseline, with its statistical rule); the scenario and seed are fixed.
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,37 @@ def test_before_the_trigger_the_variants_are_the_same_run(runs):
              for r in runs.values()]
     assert len(early[0]) > 8000
     assert early[0].equals(early[1])
+
+
+def test_meshsim_compare_on_the_cookbook_scenario(capsys, tmp_path):
+    """The acceptance run: the command prints the side-by-side table and writes the plots; the
+    frames of meshsim.compare say what the table says."""
+    from meshsim.cli import main
+    from meshsim.compare import format_value
+    from meshsim.plots import DPI, FIGSIZE
+
+    out = tmp_path / "cmp"
+    assert main(["compare", str(SCENARIO), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].split() == ["metric", "baseline", "retry-budget", "bounded-queue"]
+    recover = next(line for line in printed if line.startswith("slow backend: time_to_recover"))
+    assert recover.split("time_to_recover")[1].split()[0] == "never"  # the baseline's column
+    size = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+    for name in ("success_rate", "latency_p99", "in_flight", "latency_cdf", "outcomes"):
+        head = (out / f"{name}.png").read_bytes()
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 10_000
+        assert struct.unpack(">II", head[16:24]) == size
+
+    comparison = meshsim.compare(SCENARIO)
+    table = comparison.table
+    cascade = comparison.cascade
+    for name in comparison.variants:
+        ttr = cascade.loc[(name, "slow backend"), "time_to_recover"]
+        assert table.loc["slow backend: time_to_recover", name] == ttr
+        assert format_value("slow backend: time_to_recover", ttr) in recover
+        e2e = comparison.summary.loc[(name, "end-to-end")]
+        assert table.loc["success_rate", name] == e2e["success_rate"]
+        assert f"{100 * e2e['success_rate']:.2f}%" in next(
+            line for line in printed if line.startswith("success_rate"))
+    assert math.isinf(table.loc["slow backend: time_to_recover", "baseline"])
+    assert math.isfinite(table.loc["slow backend: time_to_recover", "retry-budget"])
