@@ -57,6 +57,9 @@ def test_every_cookbook_scenario_has_a_test_a_page_and_an_slo():
     recipes = sorted(p.stem for p in COOKBOOK.glob("*.yaml"))
     tested = {name[len("test_"):].replace("_", "-") for name in globals()
               if name.startswith("test_")}
+    # A recipe with several tests has a module of its own: test_cookbook_<recipe>.py.
+    tested |= {p.stem[len("test_cookbook_"):].replace("_", "-")
+               for p in Path(__file__).parent.glob("test_cookbook_*.py")}
     docs = COOKBOOK.parent.parent / "docs" / "cookbook"
     for recipe in recipes:
         assert recipe in tested, f"no test_{recipe.replace('-', '_')}"
