@@ -278,3 +278,19 @@ def test_cli_missing_file_and_foreign_out_dir_exit_2(capsys, tmp_path):
     assert main(["compare", str(STORM), *SHORT_ARGS, "--out", str(foreign)]) == 2
     assert "does not look like a meshsim output directory" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_an_override_that_clashes_with_a_variant_is_checked_where_the_variant_runs():
+    """`--set` applies to the file for a plain run, and after the variant's own changes in a
+    comparison: a run never fails because of a variant it does not run."""
+    text = MMC.read_text(encoding="utf-8") + (
+        "\nvariants:\n  flaky: {services.api.errors.rate: 10%}\n")
+    sc = meshsim.loads_scenario(text)
+    bursty = {"services.api.errors": {"kind": "bursty", "meanGood": "1s", "meanBad": "1s"}}
+    plain = sc.with_overrides(bursty)  # the variant's `rate` would not fit a bursty model
+    assert plain.services["api"].errors.kind == "bursty"
+    # In a comparison the override comes after the variant's change, and replaces it.
+    both = meshsim.compare(sc, overrides={**bursty, "duration": "2s", "warmup": "1s"})
+    assert both.results["flaky"].scenario.services["api"].errors.kind == "bursty"
+    with pytest.raises(meshsim.ScenarioError, match="flaky"):
+        sc.with_overrides({"variants.flaky": {"services.api.erors.rate": 0.1}})
