@@ -704,7 +704,12 @@ def _set_path(data: Any, path: tuple[str | int, ...], value: Any) -> None:
         else:
             node[last] = value
     elif isinstance(node, dict):
-        node[str(last)] = value
+        if value is None:
+            # null takes the key out: an optional field is unset, a field with a default gets
+            # it back, and an entry of a map (a DestinationRule, a variant) is removed.
+            node.pop(str(last), None)
+        else:
+            node[str(last)] = value
     else:
         raise KeyError(f"cannot set {last!r} inside a {type(node).__name__}")
 

@@ -294,3 +294,14 @@ def test_an_override_that_clashes_with_a_variant_is_checked_where_the_variant_ru
     assert both.results["flaky"].scenario.services["api"].errors.kind == "bursty"
     with pytest.raises(meshsim.ScenarioError, match="flaky"):
         sc.with_overrides({"variants.flaky": {"services.api.erors.rate": 0.1}})
+
+
+def test_a_null_override_removes_a_map_entry_and_restores_a_default():
+    text = MMC.read_text(encoding="utf-8") + (
+        "  destinationRules:\n"  # inside the file's own mesh block, its last
+        "    api: {trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}\n"
+        "variants:\n  no-rule: {mesh.destinationRules.api: null}\n")
+    sc = meshsim.loads_scenario(text)
+    assert "api" in sc.mesh.destination_rules
+    assert sc.variant("no-rule").mesh.destination_rules == {}
+    assert sc.with_overrides({"services.api.workers": None}).services["api"].workers == 8
