@@ -529,9 +529,7 @@ class Router:
         """
         now = self.env._now
         if a.abandoned:
-            # The caller had already given up (its timeout): the row keeps what it saw then.
-            a.status = a.abandoned
-            self._record(a, a.t_end)
+            self._late(a)
             return
         cl = a.cluster
         host = a.hostidx
@@ -550,11 +548,7 @@ class Router:
         """The callee's answer to attempt ``a`` is back at the caller's proxy."""
         now = self.env._now
         if a.abandoned:
-            # The caller gave up on it earlier (per-try or route timeout): the callee's work was
-            # wasted. Its row keeps what the caller saw then (``abandoned`` holds that status;
-            # the callee's own answer is lost with the reset stream).
-            a.status = a.abandoned
-            self._record(a, a.t_end)
+            self._late(a)
             return
         cl = a.cluster
         call = a.call
@@ -592,6 +586,14 @@ class Router:
             parent.host.child_done(parent, status, 0, call.optional)
             return
         self._decide(call, a, self._outcome(status), now)
+
+    def _late(self, a: Attempt) -> None:
+        """The answer (or failure) of ``a`` comes after the caller gave up on it (per-try or
+        route timeout): the callee's work was wasted. Its row keeps what the caller saw then
+        (``abandoned`` holds that status; the callee's own answer is lost with the reset
+        stream)."""
+        a.status = a.abandoned
+        self._record(a, a.t_end)
 
     def _outcome(self, status: int) -> Outcome:
         outcome = self._responses.get(status)
