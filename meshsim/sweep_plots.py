@@ -132,7 +132,7 @@ def plot_sweep(
     groups = _groups(summary, hue)
     colours = {name: f"C{i % 10}" for i, name in enumerate(groups)}
     for name, rows in groups.items():
-        rows = rows.sort_values(x)
+        rows = _ordered(rows, x)
         if rows[x].duplicated().any():
             raise ValueError(
                 f"several rows with the same {x!r} in the line of {name!r}: filter the other "
@@ -196,7 +196,8 @@ def plot_heatmap(
     if rows.duplicated([x, y]).any():
         raise ValueError(f"several rows with the same ({x!r}, {y!r}): filter the other "
                          "parameters first")
-    table = rows.pivot(index=y, columns=x, values=column).sort_index().sort_index(axis=1)
+    table = rows.pivot(index=y, columns=x, values=column)
+    table = table.loc[_ordered(rows, y)[y].unique(), _ordered(rows, x)[x].unique()]
     values = table.to_numpy(dtype=float) * _scale(metric)
     shown = np.ma.masked_invalid(values)
     image = ax.imshow(shown, origin="lower", aspect="auto", cmap="viridis")
@@ -321,6 +322,14 @@ def _one_variant(frame: pd.DataFrame, variant: str | None) -> pd.DataFrame:
     if variant not in names:
         raise ValueError(f"no variant {variant!r}; the frame has {names}")
     return frame[frame["variant"] == variant]
+
+
+def _ordered(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows by increasing numeric ``column``; other values (``"5s"``, ``"LEAST_REQUEST"``) in
+    the order they come, as the sweep's grid gave them."""
+    if pd.api.types.is_numeric_dtype(rows[column]):
+        return rows.sort_values(column, kind="stable")
+    return rows
 
 
 def _scale(metric: str) -> float:

@@ -148,6 +148,15 @@ def test_plot_heatmap_draws_one_annotated_cell_per_point():
     assert len(ax.figure.axes) == 2  # the colour bar
 
 
+def test_plots_keep_the_grid_order_of_values_that_are_not_numbers():
+    frame = grid()
+    frame[POOL] = frame[POOL].map({1: "1s", 4: "5s", 16: "30s"})
+    ax = plot_heatmap(frame, POOL, REPLICAS, "success_rate", ax=new_ax())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1s", "5s", "30s"]
+    ax = plot_sweep(frame[frame[REPLICAS] == 4], POOL, "success_rate", ax=new_ax())
+    assert ax.get_lines()[0].get_ydata().tolist() == [0.7, 0.95, 0.999]
+
+
 def test_plot_heatmap_leaves_missing_pairs_blank_and_marks_never():
     frame = grid().drop(index=5)
     frame.loc[0, "success_rate_mean"] = math.inf
