@@ -108,7 +108,8 @@ def plot_sweep(
         ``goodput``, ``success_rate``, ``latency_p99`` (drawn in ms), ...
     hue : str or None
         The column that splits the rows into lines (``variant``, or another parameter); one
-        line when None or when ``summary`` has no such column.
+        line when None or when ``summary`` has no such column. A legend names the lines when
+        there are several.
     ax : matplotlib.axes.Axes, optional
 
     Returns
@@ -138,7 +139,7 @@ def plot_sweep(
                 f"several rows with the same {x!r} in the line of {name!r}: filter the other "
                 "parameters first, or draw one of them as hue")
         ax.plot(rows[x], rows[column] * scale, marker="o", color=colours[name],
-                label=str(name) if len(groups) > 1 or name != "" else None)
+                label=str(name) if len(groups) > 1 else None)
         band = _band(rows, metric)
         if band is not None:
             ax.fill_between(rows[x], band[0] * scale, band[1] * scale, color=colours[name],
@@ -259,7 +260,7 @@ def plot_pareto(
     groups = _groups(summary, hue)
     for i, (name, rows) in enumerate(groups.items()):
         ax.scatter(rows[xcol] * xs, rows[ycol] * ys, color=f"C{i % 10}", alpha=0.7,
-                   label=str(name) if len(groups) > 1 or name != "" else None)
+                   label=str(name) if len(groups) > 1 else None)
     front = pareto_front(summary, minimize=xcol, maximize=ycol).sort_values(xcol)
     ax.plot(front[xcol] * xs, front[ycol] * ys, color="black", drawstyle="steps-post",
             linewidth=1.0, label="Pareto front")
