@@ -238,7 +238,8 @@ def plot_pareto(
     ----------
     summary : pandas.DataFrame
         :func:`meshsim.sweep_summary` rows, with ``<x>_mean`` and ``<y>_mean`` (or columns
-        ``x`` and ``y``), and ``point`` to label the points of the front.
+        ``x`` and ``y``). :func:`pareto_front` gives the rows of the front, with their
+        parameters.
     x : str
         The metric to minimize, ``latency_p99`` by default (drawn in ms).
     y : str
@@ -251,8 +252,8 @@ def plot_pareto(
     Returns
     -------
     matplotlib.axes.Axes
-        A dot per row, coloured by ``hue``; the rows on the front ringed in black, joined by a
-        staircase line labelled ``Pareto front``, and labelled with their ``point``.
+        A dot per row, coloured by ``hue``; the rows on the front ringed in black and joined by
+        a staircase line labelled ``Pareto front``.
     """
     ax = _axes(ax)
     xcol, ycol = _column(summary, x), _column(summary, y)
@@ -266,10 +267,6 @@ def plot_pareto(
             linewidth=1.0, label="Pareto front")
     ax.scatter(front[xcol] * xs, front[ycol] * ys, facecolors="none", edgecolors="black",
                s=120, linewidths=1.5)
-    if "point" in front:
-        for point, px, py in zip(front["point"], front[xcol], front[ycol], strict=True):
-            ax.annotate(str(point), (px * xs, py * ys), textcoords="offset points",
-                        xytext=(6, 6), fontsize="small")
     ax.set_xlabel(_label(x) + " (lower is better)")
     ax.set_ylabel(_label(y) + " (higher is better)")
     ax.legend(fontsize="small", loc="best", title=hue if len(groups) > 1 else None)
@@ -346,7 +343,9 @@ def _label(metric: str) -> str:
 def _format(metric: str, value: float) -> str:
     if np.isinf(value):
         return "never" if value > 0 else "-inf"
-    return f"{value:.3f}" if metric in ("success_rate", "slo_met") else f"{value:.3g}"
+    if metric in ("success_rate", "slo_met"):
+        return f"{value:.3f}"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _tick(value: object) -> str:
