@@ -10,6 +10,9 @@ The public API::
     result.summary()     # headline figures
     comparison = meshsim.compare("scenarios/retry-storm.yaml")  # baseline and variants, same seed
     comparison.table     # metrics by variant
+    runs = meshsim.sweep("scenarios/pool-limits.yaml", grid={"services.frontend.replicas": [2, 4]},
+                         replications=5)  # one row per point and replication
+    meshsim.sweep_summary(runs)            # mean and 95% CI per point
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .compare import Comparison, compare
 from .errors import ScenarioError
 from .result import Result
 from .scenario import Scenario, load_scenario, loads_scenario, parse_scenario
+from .sweep import evaluate, sweep, sweep_summary
 
 __all__ = [
     "Comparison",
@@ -30,10 +34,13 @@ __all__ = [
     "ScenarioError",
     "__version__",
     "compare",
+    "evaluate",
     "load_scenario",
     "loads_scenario",
     "parse_scenario",
     "run",
+    "sweep",
+    "sweep_summary",
 ]
 
 __version__ = "0.1.0"
