@@ -10,6 +10,9 @@ The public API::
     result.summary()     # headline figures
     comparison = meshsim.compare("scenarios/retry-storm.yaml")  # baseline and variants, same seed
     comparison.table     # metrics by variant
+    tuned = meshsim.tune(scenario, {"mesh.destinationRules.cart.trafficPolicy.connectionPool"
+                                    ".tcp.maxConnections": (8, 64)}, constraints=["p99<300ms"])
+    print(tuned.snippet)  # the best setting as Istio resources (needs meshsim[tune])
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ from .compare import Comparison, compare
 from .errors import ScenarioError
 from .result import Result
 from .scenario import Scenario, load_scenario, loads_scenario, parse_scenario
+from .tune import TuneResult, tune
 
 __all__ = [
     "Comparison",
     "Result",
     "Scenario",
     "ScenarioError",
+    "TuneResult",
     "__version__",
     "compare",
     "load_scenario",
     "loads_scenario",
     "parse_scenario",
     "run",
+    "tune",
 ]
 
 __version__ = "0.1.0"
