@@ -23,6 +23,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "parse_param",
     "snippet_resources",
     "tune",
+    "write_tune",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def _check_params(sc: Scenario, specs: list[Param], overrides: dict[str, Any],
                 except ScenarioError as err:
                     shown = _show(p, value)
                     raise ScenarioError("--param", [
-                        Issue(i.path, f"{i.message} (with {p.path}={shown}"
+                        Issue(i.path, f"{i.message} (tried {shown}"
                               + (f" in variant {name!r})" if name != BASELINE else ")"))
                         for i in err.issues]) from None
 
@@ -526,6 +528,29 @@ def _fmt(metric: str, value: float) -> str:
     if metric.startswith("latency_"):
         return format_value("latency_p99", value)
     return f"{value:.4g}"
+
+
+#: The file a tune output directory always holds; it marks the directory as meshsim's.
+TUNE_MARKER = "best.yaml"
+
+
+def write_tune(result: TuneResult, out: str | os.PathLike) -> Path:
+    """Write ``trials.csv``, ``runs.csv`` and ``best.yaml`` (the snippet) into directory
+    ``out``, all or nothing.
+
+    Raises
+    ------
+    meshsim.output.OutputError
+        If ``out`` exists with foreign content or cannot be written.
+    """
+    from .output import atomic_dir
+
+    def fill(tmp: Path) -> None:
+        result.trials.to_csv(tmp / "trials.csv", index=False)
+        result.runs.to_csv(tmp / "runs.csv", index=False)
+        (tmp / TUNE_MARKER).write_text(result.snippet, encoding="utf-8")
+
+    return atomic_dir(out, fill, marker=TUNE_MARKER)
 
 
 def snippet_resources(snippet: str) -> list[dict[str, Any]]:
