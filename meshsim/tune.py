@@ -434,7 +434,7 @@ def _result(sc: Scenario, specs: list[Param], overrides: dict[str, Any], trials:
         tuned, value, snippet = base, math.nan, "# no setting met every constraint\n"
     else:
         row = trials.loc[best]
-        best_params = {p.path: _plain(row[p.path]) for p in specs}
+        best_params = {p.path: _none(row[p.path]) for p in specs}
         set_params = {k: v for k, v in best_params.items() if v is not None}
         tuned = base.with_overrides(set_params, source="best") if set_params else base
         value = float(row["value"])
