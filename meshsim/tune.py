@@ -352,8 +352,8 @@ def _tell_reference(optuna: Any, study: Any, specs: list[Param], params: dict[st
                               "distributions": {p.path: p.distribution() for p in specs}}
     if hasattr(optuna.trial.FrozenTrial, "set_constraint"):
         kwargs["constraints"] = {"violation": row["violation"]}
-    else:  # pragma: no cover - Optuna < 5
-        kwargs["user_attrs"] = {"violation": row["violation"]}
+    else:  # pragma: no cover - Optuna < 5 keeps a trial's constraints in this system attribute
+        kwargs["system_attrs"] = {"constraints": (row["violation"],)}
     study.add_trial(optuna.trial.create_trial(**kwargs))
 
 
