@@ -10,6 +10,9 @@ The public API::
     result.summary()     # headline figures
     comparison = meshsim.compare("scenarios/retry-storm.yaml")  # baseline and variants, same seed
     comparison.table     # metrics by variant
+    runs = meshsim.sweep("scenarios/pool-limits.yaml", grid={"services.frontend.replicas": [2, 4]},
+                         replications=5)  # one row per point and replication
+    meshsim.sweep_summary(runs)            # mean and 95% CI per point
     tuned = meshsim.tune(scenario, {"mesh.destinationRules.cart.trafficPolicy.connectionPool"
                                     ".tcp.maxConnections": (8, 64)}, constraints=["p99<300ms"])
     print(tuned.snippet)  # the best setting as Istio resources (needs meshsim[tune])
@@ -25,6 +28,7 @@ from .compare import Comparison, compare
 from .errors import ScenarioError
 from .result import Result
 from .scenario import Scenario, load_scenario, loads_scenario, parse_scenario
+from .sweep import evaluate, sweep, sweep_summary
 from .tune import TuneResult, tune
 
 __all__ = [
@@ -35,10 +39,13 @@ __all__ = [
     "TuneResult",
     "__version__",
     "compare",
+    "evaluate",
     "load_scenario",
     "loads_scenario",
     "parse_scenario",
     "run",
+    "sweep",
+    "sweep_summary",
     "tune",
 ]
 

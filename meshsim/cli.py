@@ -19,6 +19,8 @@ from .app_breakers import APP_FLAGS, PluginError
 from .errors import ScenarioError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .result import Result
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -59,6 +61,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the table, frames, plots and runs into DIR (atomically; default "
                    "runs/compare-NAME)")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+
+    w = sub.add_parser("sweep", help="run a scenario over a grid or sample of settings, with "
+                       "replications, on local processes or Dask")
+    w.add_argument("file", metavar="FILE")
+    w.add_argument("--grid", action="append", default=[], metavar="PATH=V1,V2,...",
+                   help="values of a field; every combination is a point (repeatable)")
+    w.add_argument("--sample", action="append", default=[], metavar="PATH=LOW..HIGH",
+                   help="range of a field to sample (repeatable; with --samples)")
+    w.add_argument("--samples", type=int, metavar="N", help="number of points to sample")
+    w.add_argument("--design", choices=("lhs", "random"), default="lhs",
+                   help="how to sample: Latin hypercube (default) or uniform draws")
+    w.add_argument("--spec", metavar="SWEEP.YAML",
+                   help="the sweep written in a file (instead of --grid and --sample)")
+    w.add_argument("--replications", "-n", type=int, metavar="N",
+                   help="runs per point, on independent seeds (default 1)")
+    w.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME",
+                   help="run every point in this variant of the scenario (repeatable)")
+    w.add_argument("--seed", type=_seed, help="root seed (default: the scenario's)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field in every run (repeatable)")
+    where = w.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="local worker processes (default: one per CPU)")
+    where.add_argument("--dask", metavar="ADDRESS",
+                       help="run on a Dask cluster: 'local' starts one on this machine, "
+                       "tcp://HOST:8786 uses a running scheduler")
+    w.add_argument("--out", metavar="DIR", help="results directory (default runs/sweep-NAME); "
+                   "an interrupted sweep run again into it resumes")
+    w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
     t = sub.add_parser("tune", help="search policy settings for the best objective under "
                        "constraints (needs meshsim[tune])")
@@ -261,6 +292,116 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .output import OutputError
+    from .scenario import load_scenario, parse_overrides
+    from .sweep import sweep, sweep_summary
+    from .sweep_spec import SweepSpec, load_spec, parse_grid, parse_samples
+
+    scenario = load_scenario(args.file)
+    if args.spec:
+        if args.grid or args.sample:
+            print("meshsim sweep: give the points with --spec or with --grid/--sample, not both",
+                  file=sys.stderr)
+            return EXIT_INPUT
+        spec = load_spec(args.spec)
+    else:
+        try:
+            spec = SweepSpec(grid=parse_grid(args.grid), samples=parse_samples(args.sample),
+                             n_samples=args.samples, design=args.design)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            print(f"meshsim sweep: {_first_error(exc)}", file=sys.stderr)
+            return EXIT_INPUT
+    overrides = {**spec.overrides, **parse_overrides(args.overrides)}
+    executor, workers = None, args.workers
+    if args.dask:
+        executor = "dask" if args.dask == "local" else args.dask
+    out = args.out or str(Path("runs") / f"sweep-{Path(args.file).stem}")
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = _count_bar(sys.stderr)
+    wall = time.perf_counter()
+    try:
+        frame = sweep(scenario, spec.grid or None, spec.samples or None,
+                      n_samples=spec.n_samples, design=spec.design,
+                      replications=args.replications or spec.replications,
+                      seed=args.seed if args.seed is not None else spec.seed,
+                      variants=args.variants or spec.variants or None,
+                      overrides=overrides or None, executor=executor, workers=workers, out=out,
+                      progress=progress)
+    except OutputError as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ValueError as exc:
+        print(f"meshsim sweep: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        if progress is not None:
+            sys.stderr.write("\n")
+        print(f"meshsim: interrupted; the finished runs are kept in {out}: the same command "
+              "again resumes the sweep", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    wall = time.perf_counter() - wall
+    if progress is not None:
+        sys.stderr.write("\r\033[K")
+    if not args.quiet:
+        print(format_sweep(sweep_summary(frame), len(frame), wall))
+        print(f"\nresults written to {out}")
+    return EXIT_OK
+
+
+def format_sweep(summary: pd.DataFrame, runs: int, wall: float | None = None) -> str:
+    """The headline of each point as the CLI prints it: goodput, success and p99 with their
+    95 % intervals (the ``summary.csv`` of the output directory has every metric)."""
+    start = list(summary.columns).index("replications")
+    params = list(summary.columns[2:start])
+    head = f"{runs} runs, {len(summary)} points" + (f", {wall:.2f}s wall" if wall else "")
+    # A parameter is headed by its last field name, unless two end alike.
+    short = [p.rsplit(".", 1)[-1] for p in params]
+    names = short if len(set(short)) == len(short) else params
+    header = [*names, "variant", "n", "goodput/s", "success", "p99 ms"]
+    rows = [[*(str(r[p]) for p in params), str(r["variant"]), str(r["replications"]),
+             _with_ci(r, "goodput", 1, ".1f"), _with_ci(r, "success_rate", 100, ".2f") + "%",
+             _with_ci(r, "latency_p99", 1000, ".1f")] for _, r in summary.iterrows()]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = [head, "", "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _with_ci(row: pd.Series, metric: str, scale: float, fmt: str) -> str:
+    """``mean ±half-width`` of a summary row's metric (the mean alone without an interval)."""
+    half = (row[f"{metric}_ci_high"] - row[f"{metric}_ci_low"]) / 2
+    text = format(scale * row[f"{metric}_mean"], fmt)
+    return text if half != half else f"{text} ±{format(scale * half, fmt)}"
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", exc)).removeprefix("Value error, ")
+    return str(exc)
+
+
+def _count_bar(stream: TextIO) -> Callable[[int, int], None]:
+    """A text progress bar of finished runs with an ETA, on ``stream`` (a terminal)."""
+    started = time.perf_counter()
+    width = 30
+
+    def show(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * (total - done) if done else float("nan")
+        fill = int(width * done / max(total, 1))
+        eta_text = "" if eta != eta else f", {eta:.0f}s left"
+        stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} runs{eta_text}")
+        stream.flush()
+
+    return show
+
+
 def _schema(args: argparse.Namespace) -> int:
     from .output import OutputError, write_text_atomic
     from .scenario import Scenario
@@ -354,6 +495,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _validate,
     "run": _run,
     "compare": _compare,
+    "sweep": _sweep,
     "schema": _schema,
     "export": _export,
     "tune": _tune,

@@ -238,25 +238,35 @@ def from_results(results: Mapping[str, Result], *, seed: int, interval: float = 
 
 
 def _table(summaries: dict[str, pd.DataFrame], cascades: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    columns = {}
-    for name, summary in summaries.items():
-        e2e = summary.loc[END_TO_END]
-        callees = summary.drop(index=[s for s in summary.index
-                                      if s == END_TO_END or str(s).startswith("client:")])
-        column = {metric: float(e2e.get(metric, np.nan)) for metric in HEADLINE}
-        # Work is wasted at every callee a caller gave up on: the cost of the whole chain.
-        column["wasted_work"] = float(callees["wasted_work"].sum()) if len(callees) else 0.0
-        for fault, row in cascades[name].iterrows():
-            column[f"{fault}: time_to_detect"] = float(row["time_to_detect"])
-            column[f"{fault}: time_to_recover"] = float(row["time_to_recover"])
-            # The cascade lists the scopes hit; the table counts them.
-            hit = str(row["blast_radius"])
-            column[f"{fault}: blast_radius"] = float(len(hit.split(",")) if hit else 0)
-        columns[name] = column
+    columns = {name: headline(summary, cascades[name]) for name, summary in summaries.items()}
     table = pd.DataFrame(columns, dtype="float64")
     table.index.name = "metric"
     table.columns.name = "variant"
     return table
+
+
+def headline(summary: pd.DataFrame, cascade: pd.DataFrame) -> dict[str, float]:
+    """The headline and per-fault figures of one run, by metric name (a column of
+    :attr:`Comparison.table`, a row of a sweep).
+
+    Parameters
+    ----------
+    summary, cascade : pandas.DataFrame
+        The run's :meth:`Result.summary` and :meth:`Result.cascade`.
+    """
+    e2e = summary.loc[END_TO_END]
+    callees = summary.drop(index=[s for s in summary.index
+                                  if s == END_TO_END or str(s).startswith("client:")])
+    column = {metric: float(e2e.get(metric, np.nan)) for metric in HEADLINE}
+    # Work is wasted at every callee a caller gave up on: the cost of the whole chain.
+    column["wasted_work"] = float(callees["wasted_work"].sum()) if len(callees) else 0.0
+    for fault, row in cascade.iterrows():
+        column[f"{fault}: time_to_detect"] = float(row["time_to_detect"])
+        column[f"{fault}: time_to_recover"] = float(row["time_to_recover"])
+        # The cascade lists the scopes hit; the table counts them.
+        hit = str(row["blast_radius"])
+        column[f"{fault}: blast_radius"] = float(len(hit.split(",")) if hit else 0)
+    return column
 
 
 def unit(metric: str) -> str:
