@@ -18,10 +18,11 @@ and the reference on fresh seeds (another ``seed``) before trusting the gap.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,10 @@ def tune(
         from .sweep import evaluate as run_points
 
         return run_points(sc, points, replications=replications, seed=seed, variants=chosen,
-                          overrides=overrides, executor=executor, workers=workers)
+                          overrides=overrides, executor=pool, workers=workers)
 
     tick = _progress(progress, n_trials + 1)
-    with _quiet_optuna(optuna):
+    with _quiet_optuna(optuna), _one_pool(executor, workers) as pool:
         study = optuna.create_study(direction=direction, sampler=_sampler(optuna, seed))
         reference_params = {p.path: _value_at(sc.with_overrides(overrides), p.path)
                             for p in specs}
@@ -362,6 +363,23 @@ def _sampler(optuna: Any, seed: int) -> Any:
     if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - Optuna < 5
         kwargs["constraints_func"] = lambda t: (t.user_attrs.get("violation", 0.0),)
     return optuna.samplers.TPESampler(**kwargs)
+
+
+@contextlib.contextmanager
+def _one_pool(executor: Any, workers: int | None) -> Iterator[Any]:
+    """The executor every batch runs on: one process pool (or Dask client) for the whole
+    search rather than one per batch, shut down after if started here."""
+    from concurrent.futures import Executor
+
+    from .sweep import _pool
+
+    n = workers or os.cpu_count() or 1
+    if executor == "serial" or isinstance(executor, Executor) or (
+            executor in (None, "processes") and n == 1):
+        yield executor
+        return
+    with _pool(executor, n) as pool:
+        yield pool
 
 
 def _optuna() -> Any:

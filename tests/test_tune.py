@@ -8,7 +8,6 @@ import importlib
 import math
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +139,9 @@ def test_param_arguments_of_the_command_line():
 # --------------------------------------------------------------------------------------------
 
 
-#: Until meshsim.sweep lands in this tree. (Asked by file, not by import: an editable install of
-#: another checkout would answer the import with its own meshsim.sweep.)
-HAS_SWEEP = (Path(meshsim.__file__).parent / "sweep.py").exists()
-
-
 def use_evaluate(monkeypatch, evaluate) -> None:
-    """Make ``meshsim.sweep.evaluate`` be ``evaluate`` for this test."""
-    if HAS_SWEEP:
-        module = importlib.import_module("meshsim.sweep")
-    else:
-        module = types.ModuleType("meshsim.sweep")
-        monkeypatch.setitem(sys.modules, "meshsim.sweep", module)
-    monkeypatch.setattr(module, "evaluate", evaluate, raising=False)
+    """Make ``meshsim.sweep.evaluate``, which tune runs its points with, be ``evaluate``."""
+    monkeypatch.setattr(importlib.import_module("meshsim.sweep"), "evaluate", evaluate)
 
 
 def made_up(goodput, p99, calls=None):
@@ -330,52 +319,21 @@ def test_a_path_the_scenario_leaves_unset_stays_unset_when_the_reference_wins(mo
 # --------------------------------------------------------------------------------------------
 
 
-def run_points(scenario, points, **kw):
-    """meshsim.evaluate, or until meshsim.sweep lands a serial stand-in with its columns."""
-    if HAS_SWEEP:
-        return importlib.import_module("meshsim.sweep").evaluate(scenario, points, **kw)
-    return _serial_evaluate(scenario, points, **kw)
-
-
-def _serial_evaluate(scenario, points, *, replications=1, seed=None, variants=None,
-                     overrides=None, executor=None, workers=None, progress=None):
-    from meshsim.compare import from_results
-
-    scenario = scenario if isinstance(scenario, meshsim.Scenario) else meshsim.load_scenario(
-        scenario)
-    seed = scenario.seed if seed is None else seed
-    rows = []
-    for i, point in enumerate(points):
-        for v in variants or ["baseline"]:
-            sc = scenario.variant(v).with_overrides({**(overrides or {}), **point})
-            for r in range(replications):
-                result = meshsim.run(sc, seed=seed + r)
-                table = from_results({v: result}, seed=seed + r).table[v]
-                rows.append({"point": i, "variant": v, **point, "replication": r,
-                             "seed": seed + r, **table.to_dict()})
-    return pd.DataFrame(rows)
-
-
-@pytest.fixture
-def simulator(monkeypatch):
-    use_evaluate(monkeypatch, run_points)
-
-
 UO_CONSTRAINTS = ["p99<100ms", "success_rate>=99.9%"]
 
 
-def tune_uo(**kw: Any) -> meshsim.TuneResult:
+def tune_uo(executor: Any = "serial", **kw: Any) -> meshsim.TuneResult:
     return meshsim.tune(UO, {CONNECTIONS: (4, 40), PENDING: {"low": 1, "high": 64, "log": True}},
-                        constraints=UO_CONSTRAINTS, overrides=SHORT, executor="serial", **kw)
+                        constraints=UO_CONSTRAINTS, overrides=SHORT, executor=executor, **kw)
 
 
-def test_tune_beats_the_pool_limits_as_written_on_fresh_seeds(simulator):
+def test_tune_beats_the_pool_limits_as_written_on_fresh_seeds():
     res = tune_uo(n_trials=8, replications=2, seed=11)
     assert not res.reference["feasible"]  # 503 UO: success far below 99.9 %
     assert res.best_trial > 0 and res.trials.loc[res.best_trial, "feasible"]
     # Picked as the best of nine on two seeds: confirm on three others, defaults beside it.
-    fresh = run_points(UO, [{}, res.best_params], replications=3, seed=1000, variants=["baseline"],
-                       overrides=SHORT, executor="serial")
+    fresh = meshsim.evaluate(UO, [{}, res.best_params], replications=3, seed=1000,
+                             overrides=SHORT, executor="serial")
     means = fresh.groupby("point")[["goodput", "success_rate", "latency_p99"]].mean()
     assert means.loc[1, "goodput"] >= means.loc[0, "goodput"]
     assert means.loc[1, "success_rate"] >= 0.999 and means.loc[1, "latency_p99"] < 0.1
@@ -390,7 +348,7 @@ def test_tune_beats_the_pool_limits_as_written_on_fresh_seeds(simulator):
                     "http": {"http1MaxPendingRequests": res.best_params[PENDING]}}
 
 
-def test_the_same_seed_gives_the_same_trials(simulator):
+def test_the_same_seed_gives_the_same_trials():
     first = tune_uo(n_trials=4, replications=1, seed=3)
     again = tune_uo(n_trials=4, replications=1, seed=3)
     pd.testing.assert_frame_equal(first.trials, again.trials)
@@ -399,7 +357,14 @@ def test_the_same_seed_gives_the_same_trials(simulator):
     assert not first.trials[[CONNECTIONS, PENDING]].equals(other.trials[[CONNECTIONS, PENDING]])
 
 
-def test_meshsim_tune_prints_the_best_setting_and_writes_its_files(simulator, capsys, tmp_path):
+def test_the_trials_do_not_depend_on_the_executor():
+    serial = tune_uo(n_trials=3, replications=2, seed=3, batch_size=2)
+    pooled = tune_uo(executor=None, workers=2, n_trials=3, replications=2, seed=3, batch_size=2)
+    pd.testing.assert_frame_equal(serial.trials, pooled.trials)
+    pd.testing.assert_frame_equal(serial.runs, pooled.runs)
+
+
+def test_meshsim_tune_prints_the_best_setting_and_writes_its_files(capsys, tmp_path):
     out = tmp_path / "tuned"
     code = main(["tune", str(UO), "--param", f"{CONNECTIONS}=4..40",
                  "--param", f"{PENDING}=1..64:log", "--constraint", "p99<100ms",
