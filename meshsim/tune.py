@@ -531,10 +531,10 @@ def format_report(result: TuneResult) -> str:
                 f"{m} {_fmt(m, means.loc[v, m])}" for m in metrics))
         lines.append("")
     if result.best_trial < 0:
-        lines.append("no setting met every constraint, the scenario as written included")
+        lines += ["no setting met every constraint, the scenario as written included", ""]
     elif result.best_trial == 0:
-        lines.append("no trial beat the scenario as written")
-    lines += ["", result.snippet.rstrip("\n")]
+        lines += ["no trial beat the scenario as written", ""]
+    lines.append(result.snippet.rstrip("\n"))
     return "\n".join(lines)
 
 
