@@ -13,6 +13,9 @@ The public API::
     runs = meshsim.sweep("scenarios/pool-limits.yaml", grid={"services.frontend.replicas": [2, 4]},
                          replications=5)  # one row per point and replication
     meshsim.sweep_summary(runs)            # mean and 95% CI per point
+    tuned = meshsim.tune(scenario, {"mesh.destinationRules.cart.trafficPolicy.connectionPool"
+                                    ".tcp.maxConnections": (8, 64)}, constraints=["p99<300ms"])
+    print(tuned.snippet)  # the best setting as Istio resources (needs meshsim[tune])
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from .errors import ScenarioError
 from .result import Result
 from .scenario import Scenario, load_scenario, loads_scenario, parse_scenario
 from .sweep import evaluate, sweep, sweep_summary
+from .tune import TuneResult, tune
 
 __all__ = [
     "Comparison",
     "Result",
     "Scenario",
     "ScenarioError",
+    "TuneResult",
     "__version__",
     "compare",
     "evaluate",
@@ -41,6 +46,7 @@ __all__ = [
     "run",
     "sweep",
     "sweep_summary",
+    "tune",
 ]
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``meshsim`` command line: validate, run, compare, schema, export.
+"""The ``meshsim`` command line: validate, run, compare, schema, export, tune.
 
 Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
 interrupted. The CLI only maps arguments to the Python API.
@@ -90,6 +90,39 @@ def _parser() -> argparse.ArgumentParser:
                    "an interrupted sweep run again into it resumes")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
+    t = sub.add_parser("tune", help="search policy settings for the best objective under "
+                       "constraints (needs meshsim[tune])")
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("--param", dest="params", action="append", default=[], required=True,
+                   metavar="PATH=LOW..HIGH",
+                   help="a path to tune and its range (ints if both ends are, durations such "
+                   "as 100ms..2s; add :log for a range over orders of magnitude) or its choices "
+                   "A,B,C; repeatable")
+    t.add_argument("--objective", default="goodput", metavar="METRIC",
+                   help="metric to optimise (default goodput; p99, success_rate, wasted_work, "
+                   "...); the worst variant counts")
+    t.add_argument("--direction", choices=("maximize", "minimize"),
+                   help="which way the objective is better (default: inferred from it)")
+    t.add_argument("--constraint", dest="constraints", action="append", default=[],
+                   metavar="EXPR", help="e.g. 'p99<300ms' or 'success_rate>=99.9%%': must hold "
+                   "on the replication mean in every variant; repeatable")
+    t.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME",
+                   help="a variant every setting must do well in (repeatable; default: "
+                   "'baseline', the scenario as written)")
+    t.add_argument("--replications", type=_positive, default=3, metavar="N",
+                   help="runs per setting and variant (default 3)")
+    t.add_argument("--trials", type=_seed, default=30, metavar="N",
+                   help="settings to search besides the scenario as written (default 30)")
+    t.add_argument("--seed", type=_seed, help="seed of the runs and of the search (default: the "
+                   "scenario's)")
+    t.add_argument("--workers", type=_positive, metavar="N",
+                   help="processes running the simulations (default: the CPU count)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field in every run, e.g. --set duration=30s (repeatable)")
+    t.add_argument("--out", metavar="DIR",
+                   help="write trials.csv, runs.csv and best.yaml (the snippet) into DIR "
+                   "(atomically)")
+
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
 
@@ -122,6 +155,13 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _seed(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
 
 
@@ -415,6 +455,41 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from .output import OutputError, check_out_dir
+    from .scenario import load_scenario, parse_overrides
+    from .tune import TUNE_MARKER, format_report, tune, write_tune
+    from .tune_space import TuneError, parse_param_arg
+
+    scenario = load_scenario(args.file)
+    try:
+        params = [parse_param_arg(text) for text in args.params]
+        if args.out:
+            check_out_dir(args.out, TUNE_MARKER)  # before the work, not after it
+        show = sys.stderr.isatty()
+
+        def progress(done: int, total: int) -> None:
+            sys.stderr.write(f"\r\033[K{done}/{total} settings evaluated")
+            sys.stderr.flush()
+
+        result = tune(scenario, params, objective=args.objective, direction=args.direction,
+                      constraints=args.constraints, variants=args.variants or None,
+                      replications=args.replications, n_trials=args.trials, seed=args.seed,
+                      overrides=parse_overrides(args.overrides) if args.overrides else None,
+                      workers=args.workers, progress=progress if show else None)
+        if show:
+            sys.stderr.write("\r\033[K")
+        if args.out:
+            write_tune(result, args.out)
+    except (TuneError, OutputError, ImportError) as exc:
+        print(f"meshsim tune: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(format_report(result))
+    if args.out:
+        print(f"\ntrials, runs and best.yaml written to {args.out}")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _validate,
     "run": _run,
@@ -422,6 +497,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sweep": _sweep,
     "schema": _schema,
     "export": _export,
+    "tune": _tune,
 }
 
 
