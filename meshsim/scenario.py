@@ -631,7 +631,11 @@ class Scenario(Model):
         issues = []
         for path_text, value in overrides.items():
             try:
-                _set_path(data, parse_path(path_text), value)
+                path = parse_path(path_text)
+                _set_path(data, path, value)
+                if len(path) == 3 and path[0] == "faults" and path[2] == "duration":
+                    # A fault's window is stored as its end: a new duration replaces it.
+                    data["faults"][path[1]].pop("end", None)
             except KeyError as exc:
                 issues.append(Issue(parse_path_lenient(path_text), str(exc.args[0])))
         if issues:

@@ -382,3 +382,12 @@ def test_a_crash_gives_the_same_run_in_every_process():
                               capture_output=True, text=True).stdout
                for _ in range(3)}
     assert len(digests) == 1
+
+
+def test_an_override_of_a_faults_duration_replaces_its_end():
+    sc = meshsim.loads_scenario(BASE + ROUND_ROBIN + CRASH)
+    assert sc.faults[0].end == END
+    longer = sc.with_overrides({"faults[0].duration": "30s"})
+    assert (longer.faults[0].start, longer.faults[0].end) == (START, START + 30)
+    moved = sc.with_overrides({"faults[0].start": "10s"})
+    assert (moved.faults[0].start, moved.faults[0].end) == (10.0, END)  # the end stays
