@@ -81,12 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=_seed, help="root seed (default: the scenario's)")
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a field in every run (repeatable)")
-    where = w.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="local worker processes (default: one per CPU)")
-    where.add_argument("--dask", metavar="ADDRESS",
-                       help="run on a Dask cluster: 'local' starts one on this machine, "
-                       "tcp://HOST:8786 uses a running scheduler")
+    w.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes, local or of --dask local (default: one per CPU)")
+    w.add_argument("--dask", metavar="ADDRESS",
+                   help="run on a Dask cluster: 'local' starts one on this machine, "
+                   "tcp://HOST:8786 uses a running scheduler")
     w.add_argument("--out", metavar="DIR", help="results directory (default runs/sweep-NAME); "
                    "an interrupted sweep run again into it resumes")
     w.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")

@@ -291,19 +291,22 @@ def _execute(tasks: list[_Task], executor: Any, workers: int | None,
         for task in tasks:
             yield [run_task(task)]
         return
-    # The first task runs here: it is a result like any other, and its wall time sizes the
-    # batches so that each carries at least BATCH_SECONDS of work.
-    t0 = time.perf_counter()
-    yield [run_task(tasks[0])]
-    each = max(time.perf_counter() - t0, 1e-6)
-    rest = tasks[1:]
-    size = max(1, min(math.ceil(BATCH_SECONDS / each), math.ceil(len(rest) / n)))
-    batches = [rest[i:i + size] for i in range(0, len(rest), size)]
     with _interrupts() as interrupted, _pool(executor, n) as pool:
-        pending: set[Future] = {pool.submit(_run_batch, b) for b in batches}
+        # Probe: one task per worker, alone. The first to finish tells how long a task takes
+        # (on a worker, start-up included), which sizes the batches of the rest so that each
+        # carries at least BATCH_SECONDS of work, in a number of batches that is a multiple
+        # of the workers (no worker left with one batch more than the others at the end).
+        probes = tasks[:n]
+        rest = tasks[n:]
+        t0 = time.perf_counter()
+        pending: set[Future] = {pool.submit(_run_batch, [t]) for t in probes}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                if finished and rest:
+                    each = max(time.perf_counter() - t0, 1e-6)
+                    pending |= {pool.submit(_run_batch, b) for b in _batches(rest, each, n)}
+                    rest = []
                 for future in finished:
                     yield future.result()
                 if interrupted():
@@ -312,6 +315,18 @@ def _execute(tasks: list[_Task], executor: Any, workers: int | None,
             for future in pending:
                 future.cancel()
             raise
+
+
+def _batches(tasks: list[_Task], each: float, workers: int) -> list[list[_Task]]:
+    """``tasks`` in near-equal batches of at least BATCH_SECONDS of work (``each`` seconds a
+    task), as many as possible, a multiple of ``workers`` when there are enough tasks."""
+    least = math.ceil(BATCH_SECONDS / each)  # tasks in a batch of at least BATCH_SECONDS
+    most = max(1, len(tasks) // least)
+    count = min(len(tasks), most)
+    if count >= workers:
+        count -= count % workers
+    bounds = np.linspace(0, len(tasks), count + 1).round().astype(int)
+    return [tasks[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 @contextlib.contextmanager

@@ -197,7 +197,7 @@ def test_a_sweep_interrupted_and_run_again_has_every_run_exactly_once(tmp_path):
     assert proc.returncode == 130, err
     assert "resumes" in err
     kept = [p for p in batches.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(kept)
+    assert len(kept) >= 1
     assert not (out / "summary.csv").exists()  # not finished
 
     assert subprocess.run(command, cwd=ROOT, timeout=120).returncode == 0
@@ -300,3 +300,22 @@ def test_sweeping_does_not_change_the_start_method_of_the_process():
     meshsim.sweep(POOL, {PENDING: [1, 2]}, overrides=SHORT, workers=2)
     assert multiprocessing.get_start_method(allow_none=True) == before
     assert os.environ.get("MESHSIM_SWEEP") is None
+
+
+@pytest.mark.parametrize(("n", "each", "workers", "count"), [
+    (15, 0.2, 2, 4),    # 3 s of work: at least 3 tasks (0.6 s) a batch, 4 batches (2 × 2)
+    (15, 0.01, 2, 1),   # all of it is less than half a second: one batch
+    (5, 2.0, 2, 4),     # long tasks: about one each, a multiple of the workers
+    (40, 0.1, 4, 8),
+    (3, 0.1, 4, 1),
+])
+def test_batches_carry_half_a_second_and_share_out_evenly(n, each, workers, count):
+    from meshsim.sweep import BATCH_SECONDS, _batches
+
+    batches = _batches(list(range(n)), each, workers)
+    sizes = [len(b) for b in batches]
+    assert len(batches) == count
+    assert [t for b in batches for t in b] == list(range(n))
+    assert max(sizes) - min(sizes) <= 1
+    if len(batches) > 1:
+        assert min(sizes) * each >= BATCH_SECONDS - 1e-9
