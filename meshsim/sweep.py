@@ -36,7 +36,8 @@ from .compare import headline
 from .metrics import END_TO_END
 from .scenario import BASELINE, Scenario, load_scenario
 
-__all__ = ["KEYS", "METRICS", "design_points", "evaluate", "sweep", "sweep_summary"]
+__all__ = ["KEYS", "METRICS", "design_points", "evaluate", "executor_pool", "sweep",
+           "sweep_summary"]
 
 #: Columns that identify a row, before the parameters: the point, the variant.
 KEYS = ("point", "variant")
@@ -291,7 +292,7 @@ def _execute(tasks: list[_Task], executor: Any, workers: int | None,
         for task in tasks:
             yield [run_task(task)]
         return
-    with _interrupts() as interrupted, _pool(executor, n) as pool:
+    with _interrupts() as interrupted, executor_pool(executor, n) as pool:
         # Probe: one task per worker, alone. The first to finish tells how long a task takes
         # (on a worker, start-up included), which sizes the batches of the rest so that each
         # carries at least BATCH_SECONDS of work, in a number of batches that is a multiple
@@ -346,7 +347,7 @@ def _interrupts() -> Iterator[Callable[[], bool]]:
 
 
 @contextlib.contextmanager
-def _pool(executor: Any, n: int) -> Iterator[Executor]:
+def executor_pool(executor: Any, n: int) -> Iterator[Executor]:
     """A ``concurrent.futures`` executor for ``executor`` (see :func:`sweep`), shut down after
     if it was started here."""
     if isinstance(executor, Executor):

@@ -371,14 +371,14 @@ def _one_pool(executor: Any, workers: int | None) -> Iterator[Any]:
     search rather than one per batch, shut down after if started here."""
     from concurrent.futures import Executor
 
-    from .sweep import _pool
+    from .sweep import executor_pool
 
     n = workers or os.cpu_count() or 1
     if executor == "serial" or isinstance(executor, Executor) or (
             executor in (None, "processes") and n == 1):
         yield executor
         return
-    with _pool(executor, n) as pool:
+    with executor_pool(executor, n) as pool:
         yield pool
 
 
