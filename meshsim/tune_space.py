@@ -163,11 +163,14 @@ class Param:
     step: float = 1.0  # seconds per searched unit of a duration
 
     def distribution(self) -> Any:
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
+        try:
+            from optuna.distributions import (
+                CategoricalDistribution,
+                FloatDistribution,
+                IntDistribution,
+            )
+        except ImportError:
+            raise ImportError(INSTALL_HINT) from None
 
         if self.kind == "choice":
             return CategoricalDistribution(self.choices)
