@@ -333,7 +333,7 @@ def _sweep(args: argparse.Namespace) -> int:
     except OutputError as exc:
         print(f"meshsim: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:  # ImportError: --dask without Dask installed
         print(f"meshsim sweep: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:

@@ -319,3 +319,12 @@ def test_batches_carry_half_a_second_and_share_out_evenly(n, each, workers, coun
     assert max(sizes) - min(sizes) <= 1
     if len(batches) > 1:
         assert min(sizes) * each >= BATCH_SECONDS - 1e-9
+
+
+def test_dask_without_dask_installed_says_what_to_install(monkeypatch, capsys, tmp_path):
+    for name in [m for m in sys.modules if m == "distributed" or m.startswith("distributed.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    assert main(["sweep", str(POOL), "--grid", f"{PENDING}=1,2", "--set", "duration=6s",
+                 "--set", "warmup=1s", "--dask", "local", "--out", str(tmp_path / "sw")]) == 2
+    assert "pip install 'meshsim[dask]'" in capsys.readouterr().err
