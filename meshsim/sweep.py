@@ -457,10 +457,13 @@ class _Store:
             if marker.read_text(encoding="utf-8") != text:
                 raise output.OutputError(f"{out} holds the results of another sweep (its "
                                          f"{_SPEC} differs); choose another directory")
-        self.batches.mkdir(parents=True, exist_ok=True)
+        # The spec first: a sweep stopped in between leaves a directory it will know again.
+        out.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
-            output.write_text_atomic(out / "scenario.resolved.yaml", scenario.to_yaml())
             output.write_text_atomic(marker, text)
+        self.batches.mkdir(exist_ok=True)
+        if not (out / "scenario.resolved.yaml").exists():
+            output.write_text_atomic(out / "scenario.resolved.yaml", scenario.to_yaml())
 
     def load(self) -> dict[tuple[int, str, int], dict[str, Any]]:
         """The rows of the batches finished before (each task once)."""
