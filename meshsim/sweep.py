@@ -458,10 +458,13 @@ class _Store:
                 raise output.OutputError(f"{out} holds the results of another sweep (its "
                                          f"{_SPEC} differs); choose another directory")
         # The spec first: a sweep stopped in between leaves a directory it will know again.
-        out.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            output.write_text_atomic(marker, text)
-        self.batches.mkdir(exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if not marker.exists():
+                output.write_text_atomic(marker, text)
+            self.batches.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise output.OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
         if not (out / "scenario.resolved.yaml").exists():
             output.write_text_atomic(out / "scenario.resolved.yaml", scenario.to_yaml())
 

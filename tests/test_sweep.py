@@ -328,3 +328,11 @@ def test_dask_without_dask_installed_says_what_to_install(monkeypatch, capsys, t
     assert main(["sweep", str(POOL), "--grid", f"{PENDING}=1,2", "--set", "duration=6s",
                  "--set", "warmup=1s", "--dask", "local", "--out", str(tmp_path / "sw")]) == 2
     assert "pip install 'meshsim[dask]'" in capsys.readouterr().err
+
+
+def test_an_output_directory_that_cannot_be_made_is_bad_input(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["sweep", str(POOL), "--grid", f"{PENDING}=1", "--set", "duration=6s",
+                 "--set", "warmup=1s", "--workers", "1", "--out", str(blocker / "sw")]) == 2
+    assert "cannot write" in capsys.readouterr().err
