@@ -1,0 +1,617 @@
+"""One self-contained HTML report of a run, sweep or comparison directory (``meshsim report``).
+
+The page needs nothing but itself: figures are PNGs inlined as ``data:`` URIs, the call graph is
+inline SVG, the style sheet (with a print style) is in the page and there is no script. Every
+string that came from the user (scenario, service, client and variant names, parameter values) is
+escaped with :func:`html.escape`. Each figure printed in a table carries ``data-metric``, its
+scope (``data-scope`` or ``data-point``) and the exact value read from the data file
+(``data-value``, ``repr`` of the float), so tools and tests can check the page against the files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .errors import ScenarioError
+from .plots import DPI
+from .scenario import Call, Scenario, load_scenario
+
+__all__ = ["ReportError", "call_graph_svg", "directory_kind", "report_html", "write_report"]
+
+#: The file that marks each kind of directory meshsim writes, in the order they are checked.
+MARKERS = {
+    "capacity": "capacity.json",
+    "sweep": "sweep.yaml",
+    "comparison": "table.csv",
+    "run": "summary.json",
+}
+
+
+class ReportError(Exception):
+    """The directory is not one meshsim wrote, or not one a report can be made of yet."""
+
+
+def directory_kind(directory: str | os.PathLike) -> str:
+    """``"run"``, ``"sweep"``, ``"comparison"`` or ``"capacity"``, by the file that marks it.
+
+    Raises
+    ------
+    ReportError
+        If ``directory`` holds none of the marker files.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ReportError(f"{directory} is not a directory")
+    for kind, marker in MARKERS.items():
+        if (directory / marker).is_file():
+            return kind
+    raise ReportError(f"{directory} was not written by meshsim run, sweep or compare (none of "
+                      f"{', '.join(MARKERS.values())})")
+
+
+def report_html(directory: str | os.PathLike) -> str:
+    """The report of a run, sweep or comparison directory, as one HTML document.
+
+    Raises
+    ------
+    ReportError
+        If the directory is not one meshsim wrote, or is a capacity directory (not supported
+        yet).
+    """
+    directory = Path(directory)
+    kind = directory_kind(directory)
+    if kind == "capacity":
+        raise ReportError(f"{directory} is a capacity directory; reports of capacity plans are "
+                          "not supported yet")
+    builders = {"run": _run_sections, "sweep": _sweep_sections, "comparison": _comparison_sections}
+    scenario_dir = directory if kind != "comparison" else _first_variant(directory)
+    scenario = _scenario(scenario_dir)
+    body = [_scenario_section(scenario, kind), *builders[kind](directory, scenario),
+            _istio_section(scenario)]
+    return _page(f"meshsim {kind} report: {scenario.name}", body)
+
+
+def write_report(directory: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write :func:`report_html` of ``directory`` to ``out`` atomically; returns ``out``."""
+    from .output import write_text_atomic
+
+    text = report_html(directory)
+    write_text_atomic(out, text)
+    return Path(out)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _scenario(directory: Path) -> Scenario:
+    path = directory / "scenario.resolved.yaml"
+    if not path.is_file():
+        raise ReportError(f"{directory} has no scenario.resolved.yaml")
+    return load_scenario(path)
+
+
+def _first_variant(directory: Path) -> Path:
+    variants = sorted(p for p in (directory / "variants").glob("*") if p.is_dir())
+    if not variants:
+        raise ReportError(f"{directory} has no variants/ directory")
+    return variants[0]
+
+
+def _requests(directory: Path) -> pd.DataFrame | None:
+    for name, read in (("requests.parquet", pd.read_parquet), ("requests.csv", pd.read_csv)):
+        if (directory / name).is_file():
+            return read(directory / name)
+    return None
+
+
+def _sweep_results(directory: Path) -> pd.DataFrame | None:
+    for name, read in (("results.parquet", pd.read_parquet), ("results.csv", pd.read_csv)):
+        if (directory / name).is_file():
+            return read(directory / name)
+    return None
+
+
+# --- sections of a run -----------------------------------------------------------------------
+
+
+def _run_sections(directory: Path, scenario: Scenario) -> list[str]:
+    data = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+    summary = pd.DataFrame.from_dict(data["summary"], orient="index")
+    summary.index.name = "scope"
+    sections = [
+        _section("SLO verdicts", _slo_table(summary)),
+        _section("Throughput and p99 latency over time", _run_figure(directory)),
+        _section("Per-service utilisation", _utilisation(summary)),
+        _section("Failures", _failure_table(_requests(directory))),
+        _section("Cascade metrics", _cascade(directory)),
+        _section("Findings", _list(_run_findings(summary))),
+    ]
+    return sections
+
+
+_SUMMARY_COLUMNS = ("requests", "success_rate", "throughput", "latency_p50", "latency_p99",
+                    "slo_met")
+
+
+def _slo_table(summary: pd.DataFrame) -> str:
+    note = ("<p>Figures over the measured window (after the warm-up). A scope without an "
+            "objective shows &ldquo;no SLO&rdquo;.</p>")
+    rows = []
+    for scope, row in summary.iterrows():
+        cells = [_cell(row.get(c), c, scope=str(scope)) for c in _SUMMARY_COLUMNS]
+        rows.append(f"<tr><th scope=\"row\">{escape(str(scope))}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{escape(_HEADINGS[c])}</th>" for c in _SUMMARY_COLUMNS)
+    return f"{note}<table><thead><tr><th>scope</th>{head}</tr></thead><tbody>{''.join(rows)}" \
+           "</tbody></table>"
+
+
+def _utilisation(summary: pd.DataFrame) -> str:
+    if "utilisation" not in summary:
+        return "<p>No utilisation recorded.</p>"
+    util = summary["utilisation"].dropna().astype(float)
+    if util.empty:
+        return "<p>No service with workers.</p>"
+    fig = Figure(figsize=(7, 0.4 * len(util) + 1.2), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.barh([str(s) for s in util.index][::-1], util.to_numpy()[::-1] * 100, color="C0")
+    ax.set_xlabel("utilisation (% of workers held)")
+    ax.set_xlim(0, 100)
+    fig.tight_layout()
+    rows = "".join(
+        f"<tr><th scope=\"row\">{escape(str(s))}</th>{_cell(v, 'utilisation', scope=str(s))}"
+        f"{_cell(summary.at[s, 'queue_wait_mean'], 'queue_wait_mean', scope=str(s))}</tr>"
+        for s, v in util.items())
+    table = ("<table><thead><tr><th>service</th><th>utilisation</th><th>mean queue wait</th>"
+             f"</tr></thead><tbody>{rows}</tbody></table>")
+    return _img(fig, "utilisation per service", "utilisation") + table
+
+
+def _run_figure(directory: Path) -> str:
+    path = directory / "timeseries.csv"
+    if not path.is_file():
+        return "<p>No timeseries.csv.</p>"
+    ts = pd.read_csv(path)
+    e2e = ts[ts["service"] == "end-to-end"]
+    fig = Figure(figsize=(8, 4.5), dpi=DPI)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(e2e["t"], e2e["completions"], color="C0", label="answers/s")
+    top.plot(e2e["t"], e2e["arrivals"], color="C7", linestyle="--", label="offered/s")
+    top.set_ylabel("per second")
+    top.legend(fontsize="small")
+    bottom.plot(e2e["t"], e2e["latency_p99"] * 1000, color="C3")
+    bottom.set_ylabel("p99 (ms)")
+    bottom.set_xlabel("simulated time (s)")
+    fig.tight_layout()
+    return ("<p>End-to-end, one point per second of simulated time. A single run has no "
+            "confidence band; a sweep with replications draws one.</p>"
+            + _img(fig, "end-to-end throughput and p99 latency over time", "timeseries"))
+
+
+def _failure_table(requests: pd.DataFrame | None) -> str:
+    if requests is None:
+        return "<p>No requests table.</p>"
+    failed = requests[(requests["status"] < 200) | (requests["status"] >= 400)]
+    if failed.empty:
+        return "<p>No failed answers.</p>"
+    counts = (failed.groupby(["destination", "status", "flags"], observed=True).size()
+              .rename("count").reset_index().sort_values("count", ascending=False))
+    rows = "".join(
+        f"<tr><td>{escape(str(r.destination))}</td><td>{int(r.status)}</td>"
+        f"<td>{escape(str(r.flags))}</td>"
+        f"{_cell(int(r.count), 'failures', scope=f'{r.destination}|{r.status}|{r.flags}')}</tr>"
+        for r in counts.head(50).itertuples())
+    more = f"<p>{len(counts) - 50} more kinds not shown.</p>" if len(counts) > 50 else ""
+    return ("<p>Answers that were not 2xx or 3xx, every hop and attempt, by callee, status and "
+            "Envoy response flags.</p><table><thead><tr><th>callee</th><th>status</th>"
+            f"<th>flags</th><th>count</th></tr></thead><tbody>{rows}</tbody></table>{more}")
+
+
+def _cascade(directory: Path) -> str:
+    path = directory / "cascade.csv"
+    if not path.is_file():
+        return "<p>The scenario has no faults, so no cascade was measured.</p>"
+    frame = pd.read_csv(path, index_col=0)
+    return _frame_table(frame, "cascade")
+
+
+def _run_findings(summary: pd.DataFrame) -> list[str]:
+    out = []
+    if "end-to-end" in summary.index:
+        e2e = summary.loc["end-to-end"]
+        out.append(f"End users got {_fmt('success_rate', e2e['success_rate'])} successful "
+                   f"answers at {_fmt('throughput', e2e['throughput'])}, with a p99 latency of "
+                   f"{_fmt('latency_p99', e2e['latency_p99'])}.")
+    missed = [str(s) for s, v in summary.get("slo_met", pd.Series(dtype=object)).items()
+              if v is False or v == 0]
+    met = [str(s) for s, v in summary.get("slo_met", pd.Series(dtype=object)).items()
+           if v is True or v == 1]
+    if missed:
+        out.append("Objectives missed: " + ", ".join(missed) + ".")
+    if met:
+        out.append("Objectives met: " + ", ".join(met) + ".")
+    util = summary.get("utilisation", pd.Series(dtype=float)).dropna().astype(float)
+    if not util.empty:
+        busiest = util.idxmax()
+        verdict = " which leaves little headroom" if util.max() >= 0.8 else ""
+        out.append(f"The busiest service is {busiest} at {_fmt('utilisation', util.max())} "
+                   f"utilisation{verdict}.")
+    return [escape(s) for s in out]
+
+
+# --- sections of a sweep ---------------------------------------------------------------------
+
+
+def _sweep_sections(directory: Path, scenario: Scenario) -> list[str]:
+    summary = pd.read_csv(directory / "summary.csv")
+    params = _params(summary)
+    x = _load_axis(params)
+    sections = [
+        _section("SLO verdicts", _sweep_slo(summary)),
+        _section("Throughput and p99 latency vs offered load", _sweep_figure(summary, x)),
+        _section("Per-service utilisation",
+                 "<p>Sweeps record end-to-end figures only; run one point with "
+                 "<code>meshsim run --out</code> for utilisation per service.</p>"),
+        _section("Failures", _sweep_failures(summary, params)),
+        _section("Cascade metrics", _sweep_cascade(directory)),
+        _section("Findings", _list(_sweep_findings(summary, params))),
+        _section("Points", _points_table(summary, params)),
+    ]
+    return sections
+
+
+_NOT_PARAMS = {"point", "variant", "replications"}
+
+
+def _params(summary: pd.DataFrame) -> list[str]:
+    stop = summary.columns.get_loc("replications")
+    return [c for c in summary.columns[:stop] if c not in _NOT_PARAMS]
+
+
+def _load_axis(params: list[str]) -> str | None:
+    """The parameter drawn on the x axis: the first rate of the sweep, else its first one."""
+    rates = [p for p in params if "rate" in p.split(".")[-1] or p.endswith("arrival.rate")]
+    return (rates or params or [None])[0]
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    from .units import parse_duration, parse_rate
+
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype(float)
+    for parse in (parse_rate, parse_duration, float):
+        try:
+            return values.map(parse).astype(float)
+        except (ValueError, TypeError):  # not values of this unit
+            continue
+    return pd.Series(range(len(values)), index=values.index, dtype=float)
+
+
+def _sweep_figure(summary: pd.DataFrame, x: str | None) -> str:
+    frame = summary.copy()
+    xs = _numeric(frame[x]) if x else frame["point"].astype(float)
+    frame["_x"] = xs
+    others = [p for p in _params(summary) if p != x]
+    keys = ["variant", *others] if "variant" in frame else others
+    groups = dict(tuple(frame.groupby(keys, sort=False))) if keys else {(): frame}
+    fig = Figure(figsize=(8, 6), dpi=DPI)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    lines = len(groups) <= 8
+    for i, (name, rows) in enumerate(groups.items()):
+        rows = rows.sort_values("_x", kind="stable")
+        label = ", ".join(str(v) for v in (name if isinstance(name, tuple) else (name,)))
+        for ax, metric, scale in ((top, "goodput", 1.0), (bottom, "latency_p99", 1000.0)):
+            _draw(ax, rows, metric, scale, f"C{i % 10}", label if lines else None, lines)
+    xlabel = x or "point"
+    bottom.set_xlabel(f"{xlabel} (offered load)" if x and "rate" in x else xlabel)
+    top.set_ylabel("goodput (/s)")
+    bottom.set_ylabel("p99 latency (ms)")
+    if lines and len(groups) > 1:
+        top.legend(fontsize="small", title=", ".join(keys))
+    fig.tight_layout()
+    return ("<p>Mean over the replications of each point; the band (or bar) is the confidence "
+            "interval of the mean, from <code>summary.csv</code>.</p>"
+            + _img(fig, "goodput and p99 latency against offered load", "load"))
+
+
+def _draw(ax: Any, rows: pd.DataFrame, metric: str, scale: float, colour: str,
+          label: str | None, lines: bool) -> None:
+    mean, low, high = (rows[f"{metric}_{s}"] * scale for s in ("mean", "ci_low", "ci_high"))
+    if lines:
+        ax.plot(rows["_x"], mean, marker="o", color=colour, label=label)
+        if not low.isna().all():
+            ax.fill_between(rows["_x"], low, high, color=colour, alpha=0.2, linewidth=0)
+        return
+    ax.errorbar(rows["_x"], mean, yerr=[(mean - low).fillna(0), (high - mean).fillna(0)],
+                fmt=".", color=colour, markersize=3, elinewidth=0.5)
+
+
+def _sweep_slo(summary: pd.DataFrame) -> str:
+    if "slo_met_mean" not in summary or summary["slo_met_mean"].isna().all():
+        return "<p>The scenario declares no objective.</p>"
+    met = summary["slo_met_mean"]
+    return (f"<p>{int((met == 1).sum())} of {len(met)} points met the objective in every "
+            f"replication; {int((met == 0).sum())} in none. The share per point is the "
+            "<em>SLO met</em> column of the points table.</p>")
+
+
+def _sweep_failures(summary: pd.DataFrame, params: list[str]) -> str:
+    worst = summary.nsmallest(10, "success_rate_mean")
+    return ("<p>The ten points with the lowest success rate.</p>"
+            + _points_table(worst, params, ("success_rate", "goodput", "latency_p99")))
+
+
+def _sweep_cascade(directory: Path) -> str:
+    results = _sweep_results(directory)
+    cols = [] if results is None else [c for c in results.columns if c.startswith("fault")]
+    if not cols:
+        return "<p>The sweep's scenario has no faults, so no cascade was measured.</p>"
+    means = results[cols].mean(numeric_only=True).to_frame("mean over all runs")
+    return _frame_table(means, "cascade")
+
+
+def _sweep_findings(summary: pd.DataFrame, params: list[str]) -> list[str]:
+    best = summary.loc[summary["goodput_mean"].idxmax()]
+    setting = ", ".join(f"{p} = {best[p]}" for p in params)
+    out = [f"The highest goodput, {_fmt('goodput', best['goodput_mean'])}, is at {setting} "
+           f"(p99 {_fmt('latency_p99', best['latency_p99_mean'])})."]
+    low = summary[summary["success_rate_mean"] < 0.99]
+    if not low.empty:
+        out.append(f"{len(low)} of {len(summary)} points answered fewer than 99% of requests "
+                   "successfully.")
+    return [escape(s) for s in out]
+
+
+_POINT_METRICS = ("goodput", "success_rate", "latency_p50", "latency_p99", "slo_met")
+
+
+def _points_table(summary: pd.DataFrame, params: list[str],
+                  metrics: tuple[str, ...] = _POINT_METRICS) -> str:
+    metrics = tuple(m for m in metrics if f"{m}_mean" in summary)
+    head = "".join(f"<th>{escape(p)}</th>" for p in ["point", "variant", *params])
+    head += "".join(f"<th>{escape(_HEADINGS.get(m, m))} (95% CI)</th>" for m in metrics)
+    rows = []
+    for r in summary.to_dict(orient="records"):
+        point = int(r["point"])
+        cells = "".join(f"<td>{escape(str(r.get(p, '')))}</td>" for p in ["variant", *params])
+        cells += "".join(_ci_cell(r, m, point) for m in metrics)
+        rows.append(f"<tr><td>{point}</td>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _ci_cell(row: dict[str, Any], metric: str, point: int) -> str:
+    mean, low, high = (row.get(f"{metric}_{s}") for s in ("mean", "ci_low", "ci_high"))
+    text = _fmt(metric, mean)
+    if _finite(low) and _finite(high):
+        text += f" <small>[{_fmt(metric, low)}, {_fmt(metric, high)}]</small>"
+    variant = escape(str(row.get("variant", "")), quote=True)
+    return (f'<td data-point="{point}" data-variant="{variant}" data-metric="{metric}_mean" '
+            f'data-value="{_value(mean)}">{text}</td>')
+
+
+# --- sections of a comparison ----------------------------------------------------------------
+
+
+def _comparison_sections(directory: Path, scenario: Scenario) -> list[str]:
+    table = pd.read_csv(directory / "table.csv", index_col=0)
+    sections = [_section("Comparison", "<p>The table <code>meshsim compare</code> printed "
+                         "(seconds and shares), one column per variant.</p>"
+                         + _frame_table(table, "comparison"))]
+    for name in ("health.csv", "cascade.csv"):
+        path = directory / name
+        if path.is_file() and name == "cascade.csv":
+            sections.append(_section("Cascade metrics",
+                                     _frame_table(pd.read_csv(path, index_col=0), "cascade")))
+    return sections
+
+
+# --- the scenario and its call graph ---------------------------------------------------------
+
+
+def _scenario_section(scenario: Scenario, kind: str) -> str:
+    facts = [("name", scenario.name), ("description", scenario.description or "-"),
+             ("duration", f"{scenario.duration:g} s"), ("warm-up", f"{scenario.warmup:g} s"),
+             ("seed", str(scenario.seed)), ("services", str(len(scenario.services))),
+             ("clients", ", ".join(c.client for c in scenario.workload)),
+             ("faults", str(len(scenario.faults)))]
+    rows = "".join(f"<tr><th scope=\"row\">{escape(k)}</th><td>{escape(v)}</td></tr>"
+                   for k, v in facts)
+    return _section("Scenario", f"<p>Report of a <strong>{escape(kind)}</strong> directory.</p>"
+                    f"<table class=\"facts\">{rows}</table>"
+                    f"<figure>{call_graph_svg(scenario)}<figcaption>Call graph: clients, the "
+                    "ingress gateway, services and external services; a dashed arrow is a call "
+                    "made only for some requests.</figcaption></figure>")
+
+
+def _edges(scenario: Scenario) -> list[tuple[str, str, bool]]:
+    """(caller, callee, always) for every client entry and downstream call."""
+    edges = []
+    for c in scenario.workload:
+        client = f"client:{c.client}"
+        if c.via_ingress:
+            edges += [(client, "ingress", True), ("ingress", c.entry, True)]
+        else:
+            edges.append((client, c.entry, True))
+    for name, service in scenario.services.items():
+        for step in service.calls:
+            for call in [step] if isinstance(step, Call) else step.parallel:
+                edges.append((name, call.to, call.probability >= 1.0))
+    return list(dict.fromkeys(edges))
+
+
+def call_graph_svg(scenario: Scenario) -> str:
+    """The scenario's call graph as an inline SVG element, callers left of their callees.
+
+    A node's column is the length of the longest chain of calls that reaches it (cycles are cut).
+    """
+    edges = _edges(scenario)
+    nodes = list(dict.fromkeys([n for e in edges for n in e[:2]] + list(scenario.services)))
+    depth = {n: 0 for n in nodes}
+    for _ in range(len(nodes)):  # longest path, at most len(nodes) rounds (a cycle stops there)
+        changed = False
+        for a, b, _always in edges:
+            if depth[b] < depth[a] + 1 and depth[a] + 1 < len(nodes):
+                depth[b], changed = depth[a] + 1, True
+        if not changed:
+            break
+    columns: dict[int, list[str]] = {}
+    for n in nodes:
+        columns.setdefault(depth[n], []).append(n)
+    w, h, gap_x, gap_y = 130, 34, 60, 18
+    pos = {n: (20 + d * (w + gap_x), 20 + i * (h + gap_y))
+           for d, col in columns.items() for i, n in enumerate(col)}
+    width = 40 + (max(columns) + 1) * (w + gap_x) - gap_x
+    height = 40 + max(len(c) for c in columns.values()) * (h + gap_y) - gap_y
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" role="img" '
+             f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
+             '<title>call graph</title><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" '
+             'refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+             '<path d="M0,0L10,5L0,10z" fill="#555"/></marker></defs>']
+    for a, b, always in edges:
+        (x1, y1), (x2, y2) = pos[a], pos[b]
+        dash = "" if always else ' stroke-dasharray="5,4"'
+        parts.append(f'<line x1="{x1 + w}" y1="{y1 + h / 2}" x2="{x2}" y2="{y2 + h / 2}" '
+                     f'stroke="#555"{dash} marker-end="url(#arrow)"/>')
+    for n in nodes:
+        x, y = pos[n]
+        cls = ("client" if n.startswith("client:") else "gateway" if n == "ingress"
+               else "external" if n in scenario.external_services else "service")
+        label = n.removeprefix("client:")
+        parts.append(f'<g class="node {cls}" data-node="{escape(n, quote=True)}">'
+                     f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6"/>'
+                     f'<text x="{x + w / 2}" y="{y + h / 2 + 4}" text-anchor="middle">'
+                     f'{escape(label[:18])}</text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _istio_section(scenario: Scenario) -> str:
+    from .export import istio_manifests, manifests_yaml, not_exported
+
+    try:
+        text = manifests_yaml(istio_manifests(scenario))
+    except ScenarioError as exc:  # a scenario the exporter refuses still gets a report
+        return _section("Recommended Istio configuration",
+                        f"<p>Not exported: {escape(str(exc))}</p>")
+    if not text.strip():
+        return _section("Recommended Istio configuration",
+                        "<p>The scenario sets no mesh policy to export.</p>")
+    skipped = not_exported(scenario)
+    note = ("<p>Not expressible in Istio and left out: " + escape(", ".join(skipped)) + "</p>"
+            if skipped else "")
+    return _section("Recommended Istio configuration",
+                    "<p>The mesh policies of the scenario as run "
+                    "(<code>meshsim export istio</code>, namespace <code>default</code>).</p>"
+                    f"{note}<pre class=\"istio\">{escape(text)}</pre>")
+
+
+# --- HTML pieces -----------------------------------------------------------------------------
+
+
+_HEADINGS = {
+    "requests": "requests", "success_rate": "success rate", "throughput": "throughput",
+    "goodput": "goodput", "latency_p50": "p50", "latency_p99": "p99", "slo_met": "SLO met",
+    "utilisation": "utilisation", "queue_wait_mean": "queue wait",
+}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _value(value: Any) -> str:
+    """The exact figure for ``data-value``: ``repr`` of a float, empty for no data."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _fmt(metric: str, value: Any) -> str:
+    """A figure for people: latencies in ms, shares in %, rates per second."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if metric == "slo_met":
+        return {True: "met", False: "MISSED"}.get(value, f"{float(value):.0%} of runs")
+    if metric.startswith("latency_") or metric == "queue_wait_mean":
+        seconds = float(value)
+        return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
+    if metric in ("success_rate", "utilisation"):
+        return f"{float(value) * 100:.2f}%"
+    if metric in ("throughput", "goodput"):
+        return f"{float(value):.4g}/s"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any, metric: str, scope: str) -> str:
+    if isinstance(value, float) and metric == "slo_met" and not math.isnan(value):
+        value = bool(value)
+    text = "no SLO" if metric == "slo_met" and _value(value) == "" else _fmt(metric, value)
+    cls = {"met": ' class="ok"', "MISSED": ' class="bad"'}.get(text, "")
+    return (f'<td{cls} data-scope="{escape(scope, quote=True)}" data-metric="{metric}" '
+            f'data-value="{_value(value)}">{escape(text)}</td>')
+
+
+def _frame_table(frame: pd.DataFrame, name: str) -> str:
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for index, row in frame.iterrows():
+        cells = "".join(
+            f'<td data-table="{name}" data-scope="{escape(str(index), quote=True)}" '
+            f'data-metric="{escape(str(c), quote=True)}" data-value="{escape(_value(v))}">'
+            f"{escape(_fmt(str(c), v))}</td>"
+            for c, v in row.items())
+        rows.append(f"<tr><th scope=\"row\">{escape(str(index))}</th>{cells}</tr>")
+    return (f"<div class=\"wide\"><table><thead><tr><th>{escape(str(frame.index.name or ''))}"
+            f"</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _img(fig: Figure, alt: str, name: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img data-figure="{name}" alt="{escape(alt, quote=True)}" '
+            f'src="data:image/png;base64,{data}">')
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else "<p>-</p>"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{escape(title)}</h2>{body}</section>"
+
+
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:70em;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.2em .5em;
+text-align:right}th{background:#f4f4f4;text-align:left}td.ok{color:#1a7f37}
+td.bad{color:#b42318;font-weight:bold}img{max-width:100%;height:auto}
+pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}
+.graph rect{fill:#eef4ff;stroke:#4a6fa5}.graph .client rect{fill:#f3f3f3;stroke:#777}
+.graph .gateway rect{fill:#fff6e0;stroke:#b58100}.graph .external rect{fill:#fdecec;stroke:#b42318}
+.facts td{text-align:left}.wide{overflow-x:auto}
+.graph text{font:12px system-ui,sans-serif;fill:#222}figcaption{font-size:.9em;color:#555}
+@media print{body{margin:0;max-width:none;font-size:10pt}.wide{overflow:visible}
+.wide table{font-size:8pt}section{break-inside:avoid-page}
+h2{break-after:avoid}table,img,figure,pre{break-inside:avoid}pre{white-space:pre-wrap}
+a{color:inherit;text-decoration:none}tr{break-inside:avoid}}
+"""
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
+            f"<body><h1>{escape(title)}</h1>{''.join(sections)}</body></html>\n")
