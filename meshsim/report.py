@@ -301,7 +301,8 @@ def _sweep_figure(summary: pd.DataFrame, x: str | None) -> str:
     xs = _numeric(frame[x]) if x else frame["point"].astype(float)
     frame["_x"] = xs
     others = [p for p in _params(summary) if p != x]
-    keys = ["variant", *others] if "variant" in frame else others
+    several = "variant" in frame and frame["variant"].nunique() > 1
+    keys = ["variant", *others] if several else others
     groups = dict(tuple(frame.groupby(keys, sort=False))) if keys else {(): frame}
     fig = Figure(figsize=(8, 6), dpi=DPI)
     top, bottom = fig.subplots(2, 1, sharex=True)
