@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write trials.csv, runs.csv and best.yaml (the snippet) into DIR "
                    "(atomically)")
 
-    rp = sub.add_parser("report", help="write one self-contained HTML report of a run, sweep "
-                        "or comparison directory")
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a run, sweep, "
+                        "comparison or capacity directory")
     rp.add_argument("directory", metavar="DIR")
     rp.add_argument("-o", "--out", required=True, metavar="FILE",
                     help="the HTML file to write (atomically)")

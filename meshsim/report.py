@@ -1,4 +1,5 @@
-"""One self-contained HTML report of a run, sweep or comparison directory (``meshsim report``).
+"""``meshsim report``: one self-contained HTML page of a run, sweep, comparison or capacity
+directory.
 
 The page needs nothing but itself: figures are PNGs inlined as ``data:`` URIs, the call graph is
 inline SVG, the style sheet (with a print style) is in the page and there is no script. Every
@@ -55,25 +56,22 @@ def directory_kind(directory: str | os.PathLike) -> str:
     for kind, marker in MARKERS.items():
         if (directory / marker).is_file():
             return kind
-    raise ReportError(f"{directory} was not written by meshsim run, sweep or compare (none of "
-                      f"{', '.join(MARKERS.values())})")
+    raise ReportError(f"{directory} was not written by meshsim run, sweep, compare or capacity "
+                      f"(none of {', '.join(MARKERS.values())})")
 
 
 def report_html(directory: str | os.PathLike) -> str:
-    """The report of a run, sweep or comparison directory, as one HTML document.
+    """The report of a run, sweep, comparison or capacity directory, as one HTML document.
 
     Raises
     ------
     ReportError
-        If the directory is not one meshsim wrote, or is a capacity directory (not supported
-        yet).
+        If the directory is not one meshsim wrote.
     """
     directory = Path(directory)
     kind = directory_kind(directory)
-    if kind == "capacity":
-        raise ReportError(f"{directory} is a capacity directory; reports of capacity plans are "
-                          "not supported yet")
-    builders = {"run": _run_sections, "sweep": _sweep_sections, "comparison": _comparison_sections}
+    builders = {"run": _run_sections, "sweep": _sweep_sections,
+                "comparison": _comparison_sections, "capacity": _capacity_sections}
     scenario_dir = directory if kind != "comparison" else _first_variant(directory)
     scenario = _scenario(scenario_dir)
     body = [_scenario_section(scenario, kind), *builders[kind](directory, scenario),
@@ -415,6 +413,99 @@ def _comparison_sections(directory: Path, scenario: Scenario) -> list[str]:
     return sections
 
 
+# --- sections of a capacity plan --------------------------------------------------------------
+
+
+def _capacity_sections(directory: Path, scenario: Scenario) -> list[str]:
+    for name in ("load.csv", "services.csv"):
+        if not (directory / name).is_file():
+            raise ReportError(f"{directory} has capacity.json but no {name}")
+    plan = json.loads((directory / "capacity.json").read_text(encoding="utf-8"))
+    load = pd.read_csv(directory / "load.csv")
+    services = pd.read_csv(directory / "services.csv")
+    failures_path = directory / "failures.csv"
+    failures = pd.read_csv(failures_path) if failures_path.is_file() else None
+    return [
+        _section("SLO verdicts", _capacity_slo(plan, load)),
+        _section("Throughput and p99 latency vs offered load", _capacity_figure(plan, load)),
+        _section("Per-service utilisation", _capacity_services(services)),
+        _section("Failures", "<p>One pod lost per service (N-1), at the plan's rate.</p>"
+                 + (_frame_table(failures.set_index("service"), "failures")
+                    if failures is not None and not failures.empty else "<p>None tested.</p>")),
+        _section("Cascade metrics", "<p>What the mesh policies cost at the knee.</p>"
+                 + _frame_table(pd.DataFrame([plan.get("policy_effect") or {}],
+                                             index=pd.Index(["knee"])), "policy_effect")),
+        _section("Findings", _list(_capacity_findings(plan))),
+    ]
+
+
+def _capacity_slo(plan: dict[str, Any], load: pd.DataFrame) -> str:
+    slos = ", ".join(plan.get("slos") or []) or "none"
+    return (f"<p>Objectives: {escape(slos)}. A load <em>meets</em> them when the whole "
+            "confidence interval of every figure is on the good side of its bound, "
+            "<em>misses</em> them when a whole interval is on the bad side, and is "
+            "<em>uncertain</em> otherwise.</p>"
+            + _frame_table(load.set_index("load_factor"), "load"))
+
+
+def _capacity_figure(plan: dict[str, Any], load: pd.DataFrame) -> str:
+    rows = load.sort_values("offered_rps")
+    frame = rows.assign(_x=rows["offered_rps"])
+    fig = Figure(figsize=(8, 6), dpi=DPI)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _draw(top, frame, "throughput", 1.0, "C0", None, True)
+    _draw(bottom, frame, "latency_p99", 1000.0, "C3", None, True)
+    knee = plan.get("knee") or {}
+    for ax in (top, bottom):
+        if _finite(knee.get("rps_low")) and _finite(knee.get("rps_high")):
+            ax.axvspan(knee["rps_low"], knee["rps_high"], color="C2", alpha=0.15, label="knee")
+        if _finite(plan.get("target_rps")):
+            ax.axvline(plan["target_rps"], color="C7", linestyle="--", label="target")
+    top.legend(fontsize="small")
+    top.set_ylabel("throughput (successes/s)")
+    bottom.set_ylabel("p99 latency (ms)")
+    bottom.set_xlabel("offered load (requests/s)")
+    fig.tight_layout()
+    return ("<p>Mean over the replications of each tested load with its confidence band, "
+            "from <code>load.csv</code>; the shaded span is the knee's interval.</p>"
+            + _img(fig, "throughput and p99 latency against offered load", "load"))
+
+
+def _capacity_services(services: pd.DataFrame) -> str:
+    fig = Figure(figsize=(7, 0.4 * len(services) + 1.2), dpi=DPI)
+    ax = fig.add_subplot()
+    rows = services.iloc[::-1]
+    mean = rows["utilisation_mean"] * 100
+    err = [(mean - rows["utilisation_ci_low"] * 100).fillna(0),
+           (rows["utilisation_ci_high"] * 100 - mean).fillna(0)]
+    colours = ["C3" if b else "C0" for b in rows["bottleneck"]]
+    ax.barh(rows["service"].astype(str), mean, xerr=err, color=colours)
+    ax.set_xlabel("utilisation at the target rate (% of workers held; red: bottleneck)")
+    ax.set_xlim(0, 100)
+    fig.tight_layout()
+    return (_img(fig, "utilisation per service at the target rate", "utilisation")
+            + _frame_table(services.set_index("service"), "services"))
+
+
+def _capacity_findings(plan: dict[str, Any]) -> list[str]:
+    knee = plan.get("knee") or {}
+    out = []
+    if _finite(knee.get("rps_estimate")):
+        sure = "" if knee.get("converged") else " (the search did not converge)"
+        out.append(f"The scenario sustains about {knee['rps_estimate']:.4g} requests/s under its "
+                   f"objectives, between {knee.get('rps_low', 0):.4g} and "
+                   f"{knee.get('rps_high', 0):.4g}{sure}.")
+    if plan.get("bottleneck"):
+        out.append(f"The bottleneck is {plan['bottleneck']}.")
+    if plan.get("replica_plan"):
+        replicas = ", ".join(f"{k}: {v}" for k, v in plan["replica_plan"].items())
+        out.append(f"Replicas proposed for {plan.get('plan_rps', 0):.4g} requests/s: {replicas}; "
+                   f"with them the objectives are {plan.get('plan_verdict', 'not judged')}.")
+    if plan.get("no_slack"):
+        out.append("No slack for losing one pod: " + ", ".join(plan["no_slack"]) + ".")
+    return [escape(s) for s in out]
+
+
 # --- the scenario and its call graph ---------------------------------------------------------
 
 
@@ -531,6 +622,8 @@ def _finite(value: Any) -> bool:
 
 def _value(value: Any) -> str:
     """The exact figure for ``data-value``: ``repr`` of a float, empty for no data."""
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bool):
@@ -542,6 +635,9 @@ def _fmt(metric: str, value: Any) -> str:
     """A figure for people: latencies in ms, shares in %, rates per second."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    for suffix in ("_mean", "_ci_low", "_ci_high"):  # the mean and interval of a metric
+        if metric.endswith(suffix) and metric not in ("latency_mean", "queue_wait_mean"):
+            metric = metric.removesuffix(suffix)
     if metric == "slo_met":
         return {True: "met", False: "MISSED"}.get(value, f"{float(value):.0%} of runs")
     if metric.startswith("latency_") or metric == "queue_wait_mean":
@@ -566,9 +662,9 @@ def _cell(value: Any, metric: str, scope: str) -> str:
 def _frame_table(frame: pd.DataFrame, name: str) -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
     rows = []
-    for index, row in frame.iterrows():
+    for i, (index, row) in enumerate(frame.iterrows()):
         cells = "".join(
-            f'<td data-table="{name}" data-scope="{escape(str(index), quote=True)}" '
+            f'<td data-table="{name}" data-row="{i}" data-scope="{escape(str(index), quote=True)}" '
             f'data-metric="{escape(str(c), quote=True)}" data-value="{escape(_value(v))}">'
             f"{escape(_fmt(str(c), v))}</td>"
             for c, v in row.items())

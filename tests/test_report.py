@@ -75,6 +75,52 @@ def sweep_dir(scenario_file):
 
 
 @pytest.fixture(scope="module")
+def capacity_dir(run_dir):
+    """A capacity directory in the format documented in ``meshsim.capacity`` (made up figures)."""
+    out = run_dir.parent / "capacity"
+    out.mkdir()
+    shutil.copy(run_dir / "scenario.resolved.yaml", out)
+    ci = {f"{m}_{s}": v * k for m, v in (("throughput", 90.0), ("success_rate", 0.99),
+                                         ("latency_mean", 0.01), ("latency_p99", 0.04),
+                                         ("amplification", 1.0))
+          for s, k in (("mean", 1.0), ("ci_low", 0.98), ("ci_high", 1.02))}
+    load = pd.DataFrame([{"load_factor": f, "offered_rps": 100.0 * f, "replications": 3,
+                          **{k: v * f for k, v in ci.items()}, "verdict": verdict}
+                         for f, verdict in ((0.5, "met"), (1.0, "uncertain"), (2.0, "missed"))])
+    services = pd.DataFrame([
+        {"service": "front<b>", "replicas": 2, "workers": 4, "utilisation_mean": 0.5,
+         "utilisation_ci_low": 0.45, "utilisation_ci_high": 0.55, "headroom": 0.5,
+         "saturation_rps": 200.0, "queue_wait_mean": 0.001, "bottleneck": False,
+         "replicas_proposed": 2},
+        {"service": "db", "replicas": 1, "workers": 2, "utilisation_mean": 0.8,
+         "utilisation_ci_low": 0.75, "utilisation_ci_high": 0.85, "headroom": 0.2,
+         "saturation_rps": 125.0, "queue_wait_mean": 0.01, "bottleneck": True,
+         "replicas_proposed": 2}])
+    failures = pd.DataFrame([{"service": "front<b>", "replicas": 2, "replicas_after": 1,
+                              "utilisation_mean": 0.9, "success_rate_mean": 0.97,
+                              "success_rate_ci_low": 0.96, "success_rate_ci_high": 0.98,
+                              "latency_p99_mean": 0.2, "latency_p99_ci_low": 0.15,
+                              "latency_p99_ci_high": 0.25, "verdict": "missed"}])
+    load.to_csv(out / "load.csv", index=False)
+    services.to_csv(out / "services.csv", index=False)
+    failures.to_csv(out / "failures.csv", index=False)
+    plan = {"scenario": EVIL, "seed": 3, "replications": 3, "level": 0.95,
+            "slos": ["p99<50ms"], "base_rps": 100.0, "target_rps": 100.0, "margin": 0.2,
+            "plan_rps": 120.0, "knee": {"rps_low": 110.0, "rps_high": 130.0,
+                                        "rps_estimate": 120.0, "converged": True},
+            "bottleneck": "db", "replica_plan": {"front<b>": 2, "db": 2},
+            "plan_verdict": "met", "no_slack": ["front<b>"],
+            "policy_effect": {"amplification_at_knee": 1.1, "wasted_work_at_knee": 0.5}}
+    (out / "capacity.json").write_text(json.dumps(plan), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def capacity_html(capacity_dir):
+    return report_html(capacity_dir)
+
+
+@pytest.fixture(scope="module")
 def run_html(run_dir):
     return report_html(run_dir)
 
@@ -124,7 +170,8 @@ def test_kinds_of_directory(run_dir, sweep_dir, tmp_path):
     with pytest.raises(ReportError, match="not written by meshsim"):
         directory_kind(tmp_path)
     (tmp_path / "capacity.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(ReportError, match="not supported yet"):
+    assert directory_kind(tmp_path) == "capacity"
+    with pytest.raises(ReportError, match=r"no scenario\.resolved\.yaml"):
         report_html(tmp_path)
 
 
@@ -141,7 +188,7 @@ def test_cli_writes_the_file_and_refuses_a_foreign_directory(run_dir, tmp_path, 
 # --- escaping and self-containment -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["run_html", "sweep_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
 def test_user_strings_are_escaped(page, request):
     html = request.getfixturevalue(page)
     assert "<script" not in html
@@ -150,7 +197,7 @@ def test_user_strings_are_escaped(page, request):
     assert "script" not in _parse(html).tags
 
 
-@pytest.mark.parametrize("page", ["run_html", "sweep_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
 def test_the_page_is_self_contained(page, request):
     html = request.getfixturevalue(page)
     links = _parse(html).links
@@ -219,6 +266,22 @@ def test_sweep_figures_equal_summary_csv(sweep_dir, sweep_html):
         assert _same(cell["data-value"], float(expected)), cell
 
 
+def test_capacity_figures_equal_its_files(capacity_dir, capacity_html):
+    cells = _parse(capacity_html).cells
+    for table, name in (("load", "load.csv"), ("services", "services.csv"),
+                        ("failures", "failures.csv")):
+        frame = pd.read_csv(capacity_dir / name)
+        found = [c for c in cells if c.get("data-table") == table]
+        assert len(found) == frame.size - len(frame), table  # all but the index column
+        for cell in found:
+            value = frame.at[int(cell["data-row"]), cell["data-metric"]]
+            if isinstance(value, str):
+                assert cell["data-value"] == value
+            else:
+                assert _same(cell["data-value"], value.item()), cell
+    assert "120 requests/s" in capacity_html and "The bottleneck is db." in capacity_html
+
+
 # --- a real browser --------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium")
@@ -241,7 +304,7 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-@pytest.mark.parametrize("page", ["run_html", "sweep_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
 def test_chromium_loads_every_image_without_console_errors(page, request, tmp_path):
     html = request.getfixturevalue(page)
     probed = tmp_path / "probed.html"
