@@ -99,10 +99,11 @@ def _scenario(directory: Path) -> Scenario:
 
 
 def _first_variant(directory: Path) -> Path:
+    """The baseline's run directory of a comparison, else its first variant's."""
     variants = sorted(p for p in (directory / "variants").glob("*") if p.is_dir())
     if not variants:
         raise ReportError(f"{directory} has no variants/ directory")
-    return variants[0]
+    return next((p for p in variants if p.name == "baseline"), variants[0])
 
 
 def _requests(directory: Path) -> pd.DataFrame | None:
@@ -402,14 +403,17 @@ def _ci_cell(row: dict[str, Any], metric: str, point: int) -> str:
 
 def _comparison_sections(directory: Path, scenario: Scenario) -> list[str]:
     table = pd.read_csv(directory / "table.csv", index_col=0)
-    sections = [_section("Comparison", "<p>The table <code>meshsim compare</code> printed "
-                         "(seconds and shares), one column per variant.</p>"
-                         + _frame_table(table, "comparison"))]
-    for name in ("health.csv", "cascade.csv"):
-        path = directory / name
-        if path.is_file() and name == "cascade.csv":
-            sections.append(_section("Cascade metrics",
-                                     _frame_table(pd.read_csv(path, index_col=0), "cascade")))
+    figures = "".join(_png(path) for path in sorted(directory.glob("*.png")))
+    sections = [
+        _section("Comparison", "<p>The table <code>meshsim compare</code> printed (seconds and "
+                 "shares), one column per variant, over the measured window.</p>"
+                 + _frame_table(table, "comparison")),
+        _section("Figures", figures or "<p>No figures in the directory.</p>"),
+    ]
+    path = directory / "cascade.csv"
+    if path.is_file():
+        sections.append(_section("Cascade metrics", "<p>One row per variant and fault.</p>"
+                                 + _frame_table(pd.read_csv(path, index_col=0), "cascade")))
     return sections
 
 
@@ -679,6 +683,13 @@ def _img(fig: Figure, alt: str, name: str) -> str:
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<img data-figure="{name}" alt="{escape(alt, quote=True)}" '
             f'src="data:image/png;base64,{data}">')
+
+
+def _png(path: Path) -> str:
+    """A PNG file of the directory, inlined."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<img data-figure="{escape(path.stem, quote=True)}" '
+            f'alt="{escape(path.stem, quote=True)}" src="data:image/png;base64,{data}">')
 
 
 def _list(items: list[str]) -> str:

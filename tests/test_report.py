@@ -49,6 +49,8 @@ workload:
     arrival: {{kind: poisson, rate: 100/s}}
 faults:
   - {{name: slow db, kind: slow, target: db, start: 3s, end: 5s, factor: 4}}
+variants:
+  "more<db>": {{services.db.workers: 4}}
 """
 
 
@@ -72,6 +74,18 @@ def sweep_dir(scenario_file):
     assert cli.main(["sweep", str(scenario_file), "--grid", "workload.0.arrival.rate=50/s,150/s",
                      "-n", "2", "--workers", "1", "--out", str(out), "-q"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def comparison_dir(scenario_file):
+    out = scenario_file.parent / "compare"
+    assert cli.main(["compare", str(scenario_file), "--out", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def comparison_html(comparison_dir):
+    return report_html(comparison_dir)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +202,7 @@ def test_cli_writes_the_file_and_refuses_a_foreign_directory(run_dir, tmp_path, 
 # --- escaping and self-containment -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "comparison_html", "capacity_html"])
 def test_user_strings_are_escaped(page, request):
     html = request.getfixturevalue(page)
     assert "<script" not in html
@@ -197,7 +211,7 @@ def test_user_strings_are_escaped(page, request):
     assert "script" not in _parse(html).tags
 
 
-@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "comparison_html", "capacity_html"])
 def test_the_page_is_self_contained(page, request):
     html = request.getfixturevalue(page)
     links = _parse(html).links
@@ -266,6 +280,17 @@ def test_sweep_figures_equal_summary_csv(sweep_dir, sweep_html):
         assert _same(cell["data-value"], float(expected)), cell
 
 
+def test_comparison_figures_equal_table_csv(comparison_dir, comparison_html):
+    table = pd.read_csv(comparison_dir / "table.csv", index_col=0)
+    cells = [c for c in _parse(comparison_html).cells if c.get("data-table") == "comparison"]
+    assert len(cells) == table.size and {c["data-metric"] for c in cells} == {"baseline",
+                                                                               "more<db>"}
+    for cell in cells:
+        assert _same(cell["data-value"], table.at[cell["data-scope"], cell["data-metric"]])
+    pngs = sorted(p.stem for p in comparison_dir.glob("*.png"))
+    assert pngs and all(f'data-figure="{name}"' in comparison_html for name in pngs)
+
+
 def test_capacity_figures_equal_its_files(capacity_dir, capacity_html):
     cells = _parse(capacity_html).cells
     for table, name in (("load", "load.csv"), ("services", "services.csv"),
@@ -304,7 +329,7 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-@pytest.mark.parametrize("page", ["run_html", "sweep_html", "capacity_html"])
+@pytest.mark.parametrize("page", ["run_html", "sweep_html", "comparison_html", "capacity_html"])
 def test_chromium_loads_every_image_without_console_errors(page, request, tmp_path):
     html = request.getfixturevalue(page)
     probed = tmp_path / "probed.html"
