@@ -7,14 +7,12 @@ string that came from the user (scenario, service, client and variant names, par
 escaped with :func:`html.escape`. Each figure printed in a table carries ``data-metric``, its
 scope (``data-scope`` or ``data-point``) and the exact value read from the data file
 (``data-value``, ``repr`` of the float), so tools and tests can check the page against the files.
+The pieces of the page (call graph, tables, figures, style sheet) are in :mod:`meshsim.report_html`.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import math
 import os
 from html import escape
 from pathlib import Path
@@ -25,9 +23,23 @@ from matplotlib.figure import Figure
 
 from .errors import ScenarioError
 from .plots import DPI
-from .scenario import Call, Scenario, load_scenario
+from .report_html import (
+    HEADINGS,
+    bullet_list,
+    call_graph_svg,
+    cell,
+    data_value,
+    figure_img,
+    finite,
+    fmt,
+    frame_table,
+    page,
+    png_img,
+    section,
+)
+from .scenario import Scenario, load_scenario
 
-__all__ = ["ReportError", "call_graph_svg", "directory_kind", "report_html", "write_report"]
+__all__ = ["ReportError", "directory_kind", "report_html", "write_report"]
 
 #: The file that marks each kind of directory meshsim writes, in the order they are checked.
 MARKERS = {
@@ -76,7 +88,7 @@ def report_html(directory: str | os.PathLike) -> str:
     scenario = _scenario(scenario_dir)
     body = [_scenario_section(scenario, kind), *builders[kind](directory, scenario),
             _istio_section(scenario)]
-    return _page(f"meshsim {kind} report: {scenario.name}", body)
+    return page(f"meshsim {kind} report: {scenario.name}", body)
 
 
 def write_report(directory: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -128,12 +140,12 @@ def _run_sections(directory: Path, scenario: Scenario) -> list[str]:
     summary = pd.DataFrame.from_dict(data["summary"], orient="index")
     summary.index.name = "scope"
     sections = [
-        _section("SLO verdicts", _slo_table(summary)),
-        _section("Throughput and p99 latency over time", _run_figure(directory)),
-        _section("Per-service utilisation", _utilisation(summary)),
-        _section("Failures", _failure_table(_requests(directory))),
-        _section("Cascade metrics", _cascade(directory)),
-        _section("Findings", _list(_run_findings(summary))),
+        section("SLO verdicts", _slo_table(summary)),
+        section("Throughput and p99 latency over time", _run_figure(directory)),
+        section("Per-service utilisation", _utilisation(summary)),
+        section("Failures", _failure_table(_requests(directory))),
+        section("Cascade metrics", _cascade(directory)),
+        section("Findings", bullet_list(_run_findings(summary))),
     ]
     return sections
 
@@ -147,9 +159,9 @@ def _slo_table(summary: pd.DataFrame) -> str:
             "objective shows &ldquo;no SLO&rdquo;.</p>")
     rows = []
     for scope, row in summary.iterrows():
-        cells = [_cell(row.get(c), c, scope=str(scope)) for c in _SUMMARY_COLUMNS]
+        cells = [cell(row.get(c), c, scope=str(scope)) for c in _SUMMARY_COLUMNS]
         rows.append(f"<tr><th scope=\"row\">{escape(str(scope))}</th>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{escape(_HEADINGS[c])}</th>" for c in _SUMMARY_COLUMNS)
+    head = "".join(f"<th>{escape(HEADINGS[c])}</th>" for c in _SUMMARY_COLUMNS)
     return f"{note}<table><thead><tr><th>scope</th>{head}</tr></thead><tbody>{''.join(rows)}" \
            "</tbody></table>"
 
@@ -167,12 +179,12 @@ def _utilisation(summary: pd.DataFrame) -> str:
     ax.set_xlim(0, 100)
     fig.tight_layout()
     rows = "".join(
-        f"<tr><th scope=\"row\">{escape(str(s))}</th>{_cell(v, 'utilisation', scope=str(s))}"
-        f"{_cell(summary.at[s, 'queue_wait_mean'], 'queue_wait_mean', scope=str(s))}</tr>"
+        f"<tr><th scope=\"row\">{escape(str(s))}</th>{cell(v, 'utilisation', scope=str(s))}"
+        f"{cell(summary.at[s, 'queue_wait_mean'], 'queue_wait_mean', scope=str(s))}</tr>"
         for s, v in util.items())
     table = ("<table><thead><tr><th>service</th><th>utilisation</th><th>mean queue wait</th>"
              f"</tr></thead><tbody>{rows}</tbody></table>")
-    return _img(fig, "utilisation per service", "utilisation") + table
+    return figure_img(fig, "utilisation per service", "utilisation") + table
 
 
 def _run_figure(directory: Path) -> str:
@@ -193,7 +205,7 @@ def _run_figure(directory: Path) -> str:
     fig.tight_layout()
     return ("<p>End-to-end, one point per second of simulated time. A single run has no "
             "confidence band; a sweep with replications draws one.</p>"
-            + _img(fig, "end-to-end throughput and p99 latency over time", "timeseries"))
+            + figure_img(fig, "end-to-end throughput and p99 latency over time", "timeseries"))
 
 
 def _failure_table(requests: pd.DataFrame | None) -> str:
@@ -207,7 +219,7 @@ def _failure_table(requests: pd.DataFrame | None) -> str:
     rows = "".join(
         f"<tr><td>{escape(str(r.destination))}</td><td>{int(r.status)}</td>"
         f"<td>{escape(str(r.flags))}</td>"
-        f"{_cell(int(r.count), 'failures', scope=f'{r.destination}|{r.status}|{r.flags}')}</tr>"
+        f"{cell(int(r.count), 'failures', scope=f'{r.destination}|{r.status}|{r.flags}')}</tr>"
         for r in counts.head(50).itertuples())
     more = f"<p>{len(counts) - 50} more kinds not shown.</p>" if len(counts) > 50 else ""
     return ("<p>Answers that were not 2xx or 3xx, every hop and attempt, by callee, status and "
@@ -220,16 +232,16 @@ def _cascade(directory: Path) -> str:
     if not path.is_file():
         return "<p>The scenario has no faults, so no cascade was measured.</p>"
     frame = pd.read_csv(path, index_col=0)
-    return _frame_table(frame, "cascade")
+    return frame_table(frame, "cascade")
 
 
 def _run_findings(summary: pd.DataFrame) -> list[str]:
     out = []
     if "end-to-end" in summary.index:
         e2e = summary.loc["end-to-end"]
-        out.append(f"End users got {_fmt('success_rate', e2e['success_rate'])} successful "
-                   f"answers at {_fmt('throughput', e2e['throughput'])}, with a p99 latency of "
-                   f"{_fmt('latency_p99', e2e['latency_p99'])}.")
+        out.append(f"End users got {fmt('success_rate', e2e['success_rate'])} successful "
+                   f"answers at {fmt('throughput', e2e['throughput'])}, with a p99 latency of "
+                   f"{fmt('latency_p99', e2e['latency_p99'])}.")
     missed = [str(s) for s, v in summary.get("slo_met", pd.Series(dtype=object)).items()
               if v is False or v == 0]
     met = [str(s) for s, v in summary.get("slo_met", pd.Series(dtype=object)).items()
@@ -242,7 +254,7 @@ def _run_findings(summary: pd.DataFrame) -> list[str]:
     if not util.empty:
         busiest = util.idxmax()
         verdict = " which leaves little headroom" if util.max() >= 0.8 else ""
-        out.append(f"The busiest service is {busiest} at {_fmt('utilisation', util.max())} "
+        out.append(f"The busiest service is {busiest} at {fmt('utilisation', util.max())} "
                    f"utilisation{verdict}.")
     return [escape(s) for s in out]
 
@@ -255,15 +267,15 @@ def _sweep_sections(directory: Path, scenario: Scenario) -> list[str]:
     params = _params(summary)
     x = _load_axis(params)
     sections = [
-        _section("SLO verdicts", _sweep_slo(summary)),
-        _section("Throughput and p99 latency vs offered load", _sweep_figure(summary, x)),
-        _section("Per-service utilisation",
+        section("SLO verdicts", _sweep_slo(summary)),
+        section("Throughput and p99 latency vs offered load", _sweep_figure(summary, x)),
+        section("Per-service utilisation",
                  "<p>Sweeps record end-to-end figures only; run one point with "
                  "<code>meshsim run --out</code> for utilisation per service.</p>"),
-        _section("Failures", _sweep_failures(summary, params)),
-        _section("Cascade metrics", _sweep_cascade(directory)),
-        _section("Findings", _list(_sweep_findings(summary, params))),
-        _section("Points", _points_table(summary, params)),
+        section("Failures", _sweep_failures(summary, params)),
+        section("Cascade metrics", _sweep_cascade(directory)),
+        section("Findings", bullet_list(_sweep_findings(summary, params))),
+        section("Points", _points_table(summary, params)),
     ]
     return sections
 
@@ -320,7 +332,7 @@ def _sweep_figure(summary: pd.DataFrame, x: str | None) -> str:
     fig.tight_layout()
     return ("<p>Mean over the replications of each point; the band (or bar) is the confidence "
             "interval of the mean, from <code>summary.csv</code>.</p>"
-            + _img(fig, "goodput and p99 latency against offered load", "load"))
+            + figure_img(fig, "goodput and p99 latency against offered load", "load"))
 
 
 def _draw(ax: Any, rows: pd.DataFrame, metric: str, scale: float, colour: str,
@@ -356,14 +368,14 @@ def _sweep_cascade(directory: Path) -> str:
     if not cols:
         return "<p>The sweep's scenario has no faults, so no cascade was measured.</p>"
     means = results[cols].mean(numeric_only=True).to_frame("mean over all runs")
-    return _frame_table(means, "cascade")
+    return frame_table(means, "cascade")
 
 
 def _sweep_findings(summary: pd.DataFrame, params: list[str]) -> list[str]:
     best = summary.loc[summary["goodput_mean"].idxmax()]
     setting = ", ".join(f"{p} = {best[p]}" for p in params)
-    out = [f"The highest goodput, {_fmt('goodput', best['goodput_mean'])}, is at {setting} "
-           f"(p99 {_fmt('latency_p99', best['latency_p99_mean'])})."]
+    out = [f"The highest goodput, {fmt('goodput', best['goodput_mean'])}, is at {setting} "
+           f"(p99 {fmt('latency_p99', best['latency_p99_mean'])})."]
     low = summary[summary["success_rate_mean"] < 0.99]
     if not low.empty:
         out.append(f"{len(low)} of {len(summary)} points answered fewer than 99% of requests "
@@ -378,7 +390,7 @@ def _points_table(summary: pd.DataFrame, params: list[str],
                   metrics: tuple[str, ...] = _POINT_METRICS) -> str:
     metrics = tuple(m for m in metrics if f"{m}_mean" in summary)
     head = "".join(f"<th>{escape(p)}</th>" for p in ["point", "variant", *params])
-    head += "".join(f"<th>{escape(_HEADINGS.get(m, m))} (95% CI)</th>" for m in metrics)
+    head += "".join(f"<th>{escape(HEADINGS.get(m, m))} (95% CI)</th>" for m in metrics)
     rows = []
     for r in summary.to_dict(orient="records"):
         point = int(r["point"])
@@ -390,12 +402,12 @@ def _points_table(summary: pd.DataFrame, params: list[str],
 
 def _ci_cell(row: dict[str, Any], metric: str, point: int) -> str:
     mean, low, high = (row.get(f"{metric}_{s}") for s in ("mean", "ci_low", "ci_high"))
-    text = _fmt(metric, mean)
-    if _finite(low) and _finite(high):
-        text += f" <small>[{_fmt(metric, low)}, {_fmt(metric, high)}]</small>"
+    text = fmt(metric, mean)
+    if finite(low) and finite(high):
+        text += f" <small>[{fmt(metric, low)}, {fmt(metric, high)}]</small>"
     variant = escape(str(row.get("variant", "")), quote=True)
     return (f'<td data-point="{point}" data-variant="{variant}" data-metric="{metric}_mean" '
-            f'data-value="{_value(mean)}">{text}</td>')
+            f'data-value="{data_value(mean)}">{text}</td>')
 
 
 # --- sections of a comparison ----------------------------------------------------------------
@@ -403,17 +415,17 @@ def _ci_cell(row: dict[str, Any], metric: str, point: int) -> str:
 
 def _comparison_sections(directory: Path, scenario: Scenario) -> list[str]:
     table = pd.read_csv(directory / "table.csv", index_col=0)
-    figures = "".join(_png(path) for path in sorted(directory.glob("*.png")))
+    figures = "".join(png_img(path) for path in sorted(directory.glob("*.png")))
     sections = [
-        _section("Comparison", "<p>The table <code>meshsim compare</code> printed (seconds and "
+        section("Comparison", "<p>The table <code>meshsim compare</code> printed (seconds and "
                  "shares), one column per variant, over the measured window.</p>"
-                 + _frame_table(table, "comparison")),
-        _section("Figures", figures or "<p>No figures in the directory.</p>"),
+                 + frame_table(table, "comparison")),
+        section("Figures", figures or "<p>No figures in the directory.</p>"),
     ]
     path = directory / "cascade.csv"
     if path.is_file():
-        sections.append(_section("Cascade metrics", "<p>One row per variant and fault.</p>"
-                                 + _frame_table(pd.read_csv(path, index_col=0), "cascade")))
+        sections.append(section("Cascade metrics", "<p>One row per variant and fault.</p>"
+                                 + frame_table(pd.read_csv(path, index_col=0), "cascade")))
     return sections
 
 
@@ -430,16 +442,16 @@ def _capacity_sections(directory: Path, scenario: Scenario) -> list[str]:
     failures_path = directory / "failures.csv"
     failures = pd.read_csv(failures_path) if failures_path.is_file() else None
     return [
-        _section("SLO verdicts", _capacity_slo(plan, load)),
-        _section("Throughput and p99 latency vs offered load", _capacity_figure(plan, load)),
-        _section("Per-service utilisation", _capacity_services(services)),
-        _section("Failures", "<p>One pod lost per service (N-1), at the plan's rate.</p>"
-                 + (_frame_table(failures.set_index("service"), "failures")
+        section("SLO verdicts", _capacity_slo(plan, load)),
+        section("Throughput and p99 latency vs offered load", _capacity_figure(plan, load)),
+        section("Per-service utilisation", _capacity_services(services)),
+        section("Failures", "<p>One pod lost per service (N-1), at the plan's rate.</p>"
+                 + (frame_table(failures.set_index("service"), "failures")
                     if failures is not None and not failures.empty else "<p>None tested.</p>")),
-        _section("Cascade metrics", "<p>What the mesh policies cost at the knee.</p>"
-                 + _frame_table(pd.DataFrame([plan.get("policy_effect") or {}],
+        section("Cascade metrics", "<p>What the mesh policies cost at the knee.</p>"
+                 + frame_table(pd.DataFrame([plan.get("policy_effect") or {}],
                                              index=pd.Index(["knee"])), "policy_effect")),
-        _section("Findings", _list(_capacity_findings(plan))),
+        section("Findings", bullet_list(_capacity_findings(plan))),
     ]
 
 
@@ -449,7 +461,7 @@ def _capacity_slo(plan: dict[str, Any], load: pd.DataFrame) -> str:
             "confidence interval of every figure is on the good side of its bound, "
             "<em>misses</em> them when a whole interval is on the bad side, and is "
             "<em>uncertain</em> otherwise.</p>"
-            + _frame_table(load.set_index("load_factor"), "load"))
+            + frame_table(load.set_index("load_factor"), "load"))
 
 
 def _capacity_figure(plan: dict[str, Any], load: pd.DataFrame) -> str:
@@ -461,9 +473,9 @@ def _capacity_figure(plan: dict[str, Any], load: pd.DataFrame) -> str:
     _draw(bottom, frame, "latency_p99", 1000.0, "C3", None, True)
     knee = plan.get("knee") or {}
     for ax in (top, bottom):
-        if _finite(knee.get("rps_low")) and _finite(knee.get("rps_high")):
+        if finite(knee.get("rps_low")) and finite(knee.get("rps_high")):
             ax.axvspan(knee["rps_low"], knee["rps_high"], color="C2", alpha=0.15, label="knee")
-        if _finite(plan.get("target_rps")):
+        if finite(plan.get("target_rps")):
             ax.axvline(plan["target_rps"], color="C7", linestyle="--", label="target")
     top.legend(fontsize="small")
     top.set_ylabel("throughput (successes/s)")
@@ -472,7 +484,7 @@ def _capacity_figure(plan: dict[str, Any], load: pd.DataFrame) -> str:
     fig.tight_layout()
     return ("<p>Mean over the replications of each tested load with its confidence band, "
             "from <code>load.csv</code>; the shaded span is the knee's interval.</p>"
-            + _img(fig, "throughput and p99 latency against offered load", "load"))
+            + figure_img(fig, "throughput and p99 latency against offered load", "load"))
 
 
 def _capacity_services(services: pd.DataFrame) -> str:
@@ -487,14 +499,14 @@ def _capacity_services(services: pd.DataFrame) -> str:
     ax.set_xlabel("utilisation at the target rate (% of workers held; red: bottleneck)")
     ax.set_xlim(0, 100)
     fig.tight_layout()
-    return (_img(fig, "utilisation per service at the target rate", "utilisation")
-            + _frame_table(services.set_index("service"), "services"))
+    return (figure_img(fig, "utilisation per service at the target rate", "utilisation")
+            + frame_table(services.set_index("service"), "services"))
 
 
 def _capacity_findings(plan: dict[str, Any]) -> list[str]:
     knee = plan.get("knee") or {}
     out = []
-    if _finite(knee.get("rps_estimate")):
+    if finite(knee.get("rps_estimate")):
         sure = "" if knee.get("converged") else " (the search did not converge)"
         out.append(f"The scenario sustains about {knee['rps_estimate']:.4g} requests/s under its "
                    f"objectives, between {knee.get('rps_low', 0):.4g} and "
@@ -521,73 +533,11 @@ def _scenario_section(scenario: Scenario, kind: str) -> str:
              ("faults", str(len(scenario.faults)))]
     rows = "".join(f"<tr><th scope=\"row\">{escape(k)}</th><td>{escape(v)}</td></tr>"
                    for k, v in facts)
-    return _section("Scenario", f"<p>Report of a <strong>{escape(kind)}</strong> directory.</p>"
+    return section("Scenario", f"<p>Report of a <strong>{escape(kind)}</strong> directory.</p>"
                     f"<table class=\"facts\">{rows}</table>"
                     f"<figure>{call_graph_svg(scenario)}<figcaption>Call graph: clients, the "
                     "ingress gateway, services and external services; a dashed arrow is a call "
                     "made only for some requests.</figcaption></figure>")
-
-
-def _edges(scenario: Scenario) -> list[tuple[str, str, bool]]:
-    """(caller, callee, always) for every client entry and downstream call."""
-    edges = []
-    for c in scenario.workload:
-        client = f"client:{c.client}"
-        if c.via_ingress:
-            edges += [(client, "ingress", True), ("ingress", c.entry, True)]
-        else:
-            edges.append((client, c.entry, True))
-    for name, service in scenario.services.items():
-        for step in service.calls:
-            for call in [step] if isinstance(step, Call) else step.parallel:
-                edges.append((name, call.to, call.probability >= 1.0))
-    return list(dict.fromkeys(edges))
-
-
-def call_graph_svg(scenario: Scenario) -> str:
-    """The scenario's call graph as an inline SVG element, callers left of their callees.
-
-    A node's column is the length of the longest chain of calls that reaches it (cycles are cut).
-    """
-    edges = _edges(scenario)
-    nodes = list(dict.fromkeys([n for e in edges for n in e[:2]] + list(scenario.services)))
-    depth = {n: 0 for n in nodes}
-    for _ in range(len(nodes)):  # longest path, at most len(nodes) rounds (a cycle stops there)
-        changed = False
-        for a, b, _always in edges:
-            if depth[b] < depth[a] + 1 and depth[a] + 1 < len(nodes):
-                depth[b], changed = depth[a] + 1, True
-        if not changed:
-            break
-    columns: dict[int, list[str]] = {}
-    for n in nodes:
-        columns.setdefault(depth[n], []).append(n)
-    w, h, gap_x, gap_y = 130, 34, 60, 18
-    pos = {n: (20 + d * (w + gap_x), 20 + i * (h + gap_y))
-           for d, col in columns.items() for i, n in enumerate(col)}
-    width = 40 + (max(columns) + 1) * (w + gap_x) - gap_x
-    height = 40 + max(len(c) for c in columns.values()) * (h + gap_y) - gap_y
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" role="img" '
-             f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
-             '<title>call graph</title><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" '
-             'refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
-             '<path d="M0,0L10,5L0,10z" fill="#555"/></marker></defs>']
-    for a, b, always in edges:
-        (x1, y1), (x2, y2) = pos[a], pos[b]
-        dash = "" if always else ' stroke-dasharray="5,4"'
-        parts.append(f'<line x1="{x1 + w}" y1="{y1 + h / 2}" x2="{x2}" y2="{y2 + h / 2}" '
-                     f'stroke="#555"{dash} marker-end="url(#arrow)"/>')
-    for n in nodes:
-        x, y = pos[n]
-        cls = ("client" if n.startswith("client:") else "gateway" if n == "ingress"
-               else "external" if n in scenario.external_services else "service")
-        label = n.removeprefix("client:")
-        parts.append(f'<g class="node {cls}" data-node="{escape(n, quote=True)}">'
-                     f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6"/>'
-                     f'<text x="{x + w / 2}" y="{y + h / 2 + 4}" text-anchor="middle">'
-                     f'{escape(label[:18])}</text></g>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def _istio_section(scenario: Scenario) -> str:
@@ -596,130 +546,15 @@ def _istio_section(scenario: Scenario) -> str:
     try:
         text = manifests_yaml(istio_manifests(scenario))
     except ScenarioError as exc:  # a scenario the exporter refuses still gets a report
-        return _section("Recommended Istio configuration",
+        return section("Recommended Istio configuration",
                         f"<p>Not exported: {escape(str(exc))}</p>")
     if not text.strip():
-        return _section("Recommended Istio configuration",
+        return section("Recommended Istio configuration",
                         "<p>The scenario sets no mesh policy to export.</p>")
     skipped = not_exported(scenario)
     note = ("<p>Not expressible in Istio and left out: " + escape(", ".join(skipped)) + "</p>"
             if skipped else "")
-    return _section("Recommended Istio configuration",
+    return section("Recommended Istio configuration",
                     "<p>The mesh policies of the scenario as run "
                     "(<code>meshsim export istio</code>, namespace <code>default</code>).</p>"
                     f"{note}<pre class=\"istio\">{escape(text)}</pre>")
-
-
-# --- HTML pieces -----------------------------------------------------------------------------
-
-
-_HEADINGS = {
-    "requests": "requests", "success_rate": "success rate", "throughput": "throughput",
-    "goodput": "goodput", "latency_p50": "p50", "latency_p99": "p99", "slo_met": "SLO met",
-    "utilisation": "utilisation", "queue_wait_mean": "queue wait",
-}
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _value(value: Any) -> str:
-    """The exact figure for ``data-value``: ``repr`` of a float, empty for no data."""
-    if hasattr(value, "item"):  # numpy scalars
-        value = value.item()
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def _fmt(metric: str, value: Any) -> str:
-    """A figure for people: latencies in ms, shares in %, rates per second."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    for suffix in ("_mean", "_ci_low", "_ci_high"):  # the mean and interval of a metric
-        if metric.endswith(suffix) and metric not in ("latency_mean", "queue_wait_mean"):
-            metric = metric.removesuffix(suffix)
-    if metric == "slo_met":
-        return {True: "met", False: "MISSED"}.get(value, f"{float(value):.0%} of runs")
-    if metric.startswith("latency_") or metric == "queue_wait_mean":
-        seconds = float(value)
-        return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
-    if metric in ("success_rate", "utilisation"):
-        return f"{float(value) * 100:.2f}%"
-    if metric in ("throughput", "goodput"):
-        return f"{float(value):.4g}/s"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _cell(value: Any, metric: str, scope: str) -> str:
-    if isinstance(value, float) and metric == "slo_met" and not math.isnan(value):
-        value = bool(value)
-    text = "no SLO" if metric == "slo_met" and _value(value) == "" else _fmt(metric, value)
-    cls = {"met": ' class="ok"', "MISSED": ' class="bad"'}.get(text, "")
-    return (f'<td{cls} data-scope="{escape(scope, quote=True)}" data-metric="{metric}" '
-            f'data-value="{_value(value)}">{escape(text)}</td>')
-
-
-def _frame_table(frame: pd.DataFrame, name: str) -> str:
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for i, (index, row) in enumerate(frame.iterrows()):
-        cells = "".join(
-            f'<td data-table="{name}" data-row="{i}" data-scope="{escape(str(index), quote=True)}" '
-            f'data-metric="{escape(str(c), quote=True)}" data-value="{escape(_value(v))}">'
-            f"{escape(_fmt(str(c), v))}</td>"
-            for c, v in row.items())
-        rows.append(f"<tr><th scope=\"row\">{escape(str(index))}</th>{cells}</tr>")
-    return (f"<div class=\"wide\"><table><thead><tr><th>{escape(str(frame.index.name or ''))}"
-            f"</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
-
-
-def _img(fig: Figure, alt: str, name: str) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<img data-figure="{name}" alt="{escape(alt, quote=True)}" '
-            f'src="data:image/png;base64,{data}">')
-
-
-def _png(path: Path) -> str:
-    """A PNG file of the directory, inlined."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<img data-figure="{escape(path.stem, quote=True)}" '
-            f'alt="{escape(path.stem, quote=True)}" src="data:image/png;base64,{data}">')
-
-
-def _list(items: list[str]) -> str:
-    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else "<p>-</p>"
-
-
-def _section(title: str, body: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>{body}</section>"
-
-
-_STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:70em;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.2em .5em;
-text-align:right}th{background:#f4f4f4;text-align:left}td.ok{color:#1a7f37}
-td.bad{color:#b42318;font-weight:bold}img{max-width:100%;height:auto}
-pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}
-.graph rect{fill:#eef4ff;stroke:#4a6fa5}.graph .client rect{fill:#f3f3f3;stroke:#777}
-.graph .gateway rect{fill:#fff6e0;stroke:#b58100}.graph .external rect{fill:#fdecec;stroke:#b42318}
-.facts td{text-align:left}.wide{overflow-x:auto}
-.graph text{font:12px system-ui,sans-serif;fill:#222}figcaption{font-size:.9em;color:#555}
-@media print{body{margin:0;max-width:none;font-size:10pt}.wide{overflow:visible}
-.wide table{font-size:8pt}section{break-inside:avoid-page}
-h2{break-after:avoid}table,img,figure,pre{break-inside:avoid}pre{white-space:pre-wrap}
-a{color:inherit;text-decoration:none}tr{break-inside:avoid}}
-"""
-
-
-def _page(title: str, sections: list[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{escape(title)}</h1>{''.join(sections)}</body></html>\n")
