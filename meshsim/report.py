@@ -445,7 +445,7 @@ def _capacity_sections(directory: Path, scenario: Scenario) -> list[str]:
         section("SLO verdicts", _capacity_slo(plan, load)),
         section("Throughput and p99 latency vs offered load", _capacity_figure(plan, load)),
         section("Per-service utilisation", _capacity_services(services)),
-        section("Failures", "<p>One pod lost per service (N-1), at the plan's rate.</p>"
+        section("Failures", "<p>One pod lost per service (N-1), at the target rate.</p>"
                  + (frame_table(failures.set_index("service"), "failures")
                     if failures is not None and not failures.empty else "<p>None tested.</p>")),
         section("Cascade metrics", "<p>What the mesh policies cost at the knee.</p>"
