@@ -1,4 +1,4 @@
-"""The ``meshsim`` command line: validate, run, compare, schema, export, tune.
+"""The ``meshsim`` command line: validate, run, compare, schema, export, tune, report.
 
 Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
 interrupted. The CLI only maps arguments to the Python API.
@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR",
                    help="write trials.csv, runs.csv and best.yaml (the snippet) into DIR "
                    "(atomically)")
+
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a run, sweep, "
+                        "comparison or capacity directory")
+    rp.add_argument("directory", metavar="DIR")
+    rp.add_argument("-o", "--out", required=True, metavar="FILE",
+                    help="the HTML file to write (atomically)")
 
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
@@ -401,6 +407,19 @@ def _count_bar(stream: TextIO) -> Callable[[int, int], None]:
     return show
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .output import OutputError
+    from .report import ReportError, write_report
+
+    try:
+        write_report(args.directory, args.out)
+    except (ReportError, OutputError) as exc:
+        print(f"meshsim: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"report written to {args.out}")
+    return EXIT_OK
+
+
 def _schema(args: argparse.Namespace) -> int:
     from .output import OutputError, write_text_atomic
     from .scenario import Scenario
@@ -492,6 +511,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _validate,
+    "report": _report,
     "run": _run,
     "compare": _compare,
     "sweep": _sweep,
