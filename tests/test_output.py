@@ -209,3 +209,17 @@ def test_failed_final_rename_keeps_the_earlier_results(result, tmp_path, monkeyp
     monkeypatch.undo()
     assert out.is_dir() and (out / "summary.json").read_bytes() == before
     assert siblings(out) == []
+
+
+def test_a_file_written_atomically_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from meshsim.output import write_text_atomic
+
+    path = tmp_path / "report.html"
+    write_text_atomic(path, "<p>hi</p>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert path.read_text() == "<p>hi</p>"
