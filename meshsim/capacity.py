@@ -68,8 +68,8 @@ from .scenario import Scenario, load_scenario
 from .sweep import _Task, executor_pool, sweep_summary
 from .tune_space import Constraint, parse_constraint
 
-__all__ = ["CAPACITY_MARKER", "CapacityResult", "capacity", "judge", "offered_rps",
-           "write_capacity"]
+__all__ = ["CAPACITY_MARKER", "CapacityResult", "capacity", "format_capacity", "judge",
+           "offered_rps", "write_capacity"]
 
 #: The file that marks a directory :func:`write_capacity` wrote.
 CAPACITY_MARKER = "capacity.json"
@@ -160,34 +160,62 @@ def _measure(task: _Task) -> dict[str, Any]:
 @dataclass
 class _Runner:
     """Runs settings (load factor, replica overrides) with replications on common random
-    numbers, one pool for the whole search, and keeps every row."""
+    numbers (replication ``r`` has seed ``seeds[r]`` in every setting), one pool for the whole
+    search, and keeps every row; a setting run again reuses the replications it has."""
 
     scenario: Scenario
+    slos: Sequence[Constraint]
     replications: int
+    max_replications: int
     seeds: list[int]
     pool: Any
     level: float
     rows: list[dict[str, Any]] = field(default_factory=list)
-    _n: int = 0
+    _points: dict[tuple, int] = field(default_factory=dict)
+    _done: dict[int, int] = field(default_factory=dict)
 
-    def summarise(self, settings: Sequence[tuple[float, Mapping[str, int]]]) -> pd.DataFrame:
+    def summarise(self, settings: Sequence[tuple[float, Mapping[str, int]]],
+                  replications: int | None = None) -> pd.DataFrame:
         """Summary rows (``sweep_summary`` columns plus ``throughput_*``) of ``settings``, in
-        order."""
-        tasks = []
+        order, each over every replication it has, at least ``replications`` (default: the
+        runner's)."""
+        want = replications or self.replications
+        tasks, points = [], []
         for factor, replicas in settings:
+            key = (float(factor), tuple(sorted(replicas.items())))
+            point = self._points.setdefault(key, len(self._points))
+            points.append(point)
+            have = self._done.get(point, 0)
+            if have >= want:
+                continue
             base = self.scenario.with_overrides(
                 {f"services.{s}.replicas": r for s, r in replicas.items()}, "replica plan")
             sc = scaled(base, factor)
             values = (("load_factor", float(factor)),
-                      *((f"services.{s}.replicas", int(r)) for s, r in sorted(replicas.items())))
-            tasks += [_Task(self._n, "baseline", values, r, self.seeds[r], sc)
-                      for r in range(self.replications)]
-            self._n += 1
-        rows = list(self.pool(tasks))
-        self.rows += rows
-        frame = _frame(rows)
-        summary = sweep_summary(frame, level=self.level)
-        return summary.sort_values("point").reset_index(drop=True)
+                      *((f"services.{s}.replicas", int(r)) for s, r in key[1]))
+            tasks += [_Task(point, "baseline", values, r, self.seeds[r], sc)
+                      for r in range(have, want)]
+            self._done[point] = want
+        self.rows += list(self.pool(tasks))
+        frame = _frame([r for r in self.rows if r["point"] in set(points)])
+        summary = sweep_summary(frame, level=self.level).set_index("point", drop=False)
+        return summary.loc[points].reset_index(drop=True)
+
+    def decide(self, settings: Sequence[tuple[float, Mapping[str, int]]]) -> pd.DataFrame:
+        """:meth:`summarise` with a ``verdict`` column; a setting whose verdict is uncertain
+        is run again with twice the replications, up to ``max_replications``, so that a
+        verdict near the knee rests on a narrower interval."""
+        n = self.replications
+        summary = self.summarise(settings, n)
+        summary["verdict"] = [judge_all(self.slos, row) for _, row in summary.iterrows()]
+        while n < self.max_replications and (summary["verdict"] == UNCERTAIN).any():
+            n = min(2 * n, self.max_replications)
+            again = [s for s, v in zip(settings, summary["verdict"], strict=True)
+                     if v == UNCERTAIN]
+            self.summarise(again, n)
+            summary = self.summarise(settings)
+            summary["verdict"] = [judge_all(self.slos, row) for _, row in summary.iterrows()]
+        return summary
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -270,9 +298,10 @@ def capacity(
     *,
     target_rps: float | None = None,
     margin: float = 0.2,
-    failures: bool = True,
+    failures: bool = False,
     plan: bool = True,
     replications: int = 5,
+    max_replications: int | None = None,
     level: float = 0.95,
     max_loads: int = 12,
     tolerance: float = 0.05,
@@ -299,6 +328,9 @@ def capacity(
         Search the fewest replicas per service (the slowest part).
     replications : int
         Runs per tested setting (at least 2: a confidence interval needs them).
+    max_replications : int, optional
+        A setting whose verdict is uncertain is run again with twice the replications, up to
+        this many; default ``4 * replications``.
     level : float
         Confidence level of the intervals (0.90, 0.95 or 0.99).
     max_loads : int
@@ -331,12 +363,14 @@ def capacity(
         raise ValueError(f"target_rps must be above 0, got {target_rps!r}")
     target_factor = target_rps / base if target_rps is not None else 1.0
     root = sc.seed if seed is None else seed
+    max_replications = max(replications, max_replications or 4 * replications)
+    # spawn(n)[:r] == spawn(r): extra replications extend the common random numbers.
     seeds = [int(c.generate_state(1)[0])
-             for c in np.random.SeedSequence(root).spawn(replications)]
+             for c in np.random.SeedSequence(root).spawn(max_replications)]
     now = {name: s.replicas for name, s in sc.services.items()}
 
     with _pool(executor, workers) as pool:
-        runner = _Runner(sc, replications, seeds, pool, level)
+        runner = _Runner(sc, constraints, replications, max_replications, seeds, pool, level)
         knee, load = _knee_search(runner, constraints, now, max_loads, tolerance,
                                   start=target_factor)
         at_target = runner.summarise([(target_factor, now)]).iloc[0]
@@ -383,8 +417,7 @@ def _knee_search(runner: _Runner, slos: Sequence[Constraint], replicas: Mapping[
     rows = []
     for _ in range(max_loads):
         factor = next_factor(lo, hi, start)
-        row = runner.summarise([(factor, replicas)]).iloc[0].copy()
-        row["verdict"] = judge_all(slos, row)
+        row = runner.decide([(factor, replicas)]).iloc[0].copy()
         rows.append(row)
         mean_ok = all(s.holds(row[f"{s.metric}_mean"]) for s in slos)
         if mean_ok:
@@ -455,15 +488,14 @@ def _plan(runner: _Runner, slos: Sequence[Constraint], services: pd.DataFrame,
         floor = max(1, math.ceil(busy * row.replicas) - 1)
         candidates = list(range(min(floor, plan[name]), plan[name] + 1))
         settings = [(factor, {**plan, name: r}) for r in candidates]
-        verdicts = [judge_all(slos, r) for _, r in runner.summarise(settings).iterrows()]
+        verdicts = list(runner.decide(settings)["verdict"])
         chosen = plan[name]
         for r, v in zip(reversed(candidates), reversed(verdicts), strict=True):
             if v != MET:
                 break
             chosen = r
         plan[name] = chosen
-    final = runner.summarise([(factor, plan)]).iloc[0]
-    return plan, judge_all(slos, final)
+    return plan, str(runner.decide([(factor, plan)]).iloc[0]["verdict"])
 
 
 def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
@@ -472,7 +504,7 @@ def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
     names = [n for n, r in now.items() if r >= 2]
     if not names:
         return _no_failures()
-    summary = runner.summarise([(factor, {**now, n: now[n] - 1}) for n in names])
+    summary = runner.decide([(factor, {**now, n: now[n] - 1}) for n in names])
     rows = []
     for name, (_, row) in zip(names, summary.iterrows(), strict=True):
         rows.append({
@@ -480,7 +512,7 @@ def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
             "utilisation_mean": float(row[f"{name}: utilisation_mean"]),
             **{f"{m}_{k}": float(row[f"{m}_{k}"])
                for m in ("success_rate", "latency_p99") for k in ("mean", "ci_low", "ci_high")},
-            "verdict": judge_all(slos, row),
+            "verdict": row["verdict"],
         })
     return pd.DataFrame(rows)
 
@@ -490,3 +522,49 @@ def _no_failures() -> pd.DataFrame:
             *(f"{m}_{k}" for m in ("success_rate", "latency_p99")
               for k in ("mean", "ci_low", "ci_high")), "verdict"]
     return pd.DataFrame(columns=cols)
+
+
+# --- the printed report ---------------------------------------------------------------------------
+
+
+def format_capacity(result: CapacityResult) -> str:
+    """The report ``meshsim capacity`` prints: the knee, the services at the target, the plan
+    and N-1."""
+    f = result.figures
+    knee = f["knee"]
+    level = f"{f['level']:.0%}"
+    lines = [f"{f['scenario']}: SLOs {', '.join(f['slos'])}; {f['replications']} replications "
+             f"per load, {level} intervals",
+             f"offered load as written: {f['base_rps']:.1f}/s",
+             "",
+             f"knee: {knee['rps_estimate']:.1f}/s (x{knee['factor_estimate']:.3g}); met with "
+             f"confidence up to {knee['rps_low']:.1f}/s, missed from {_rps(knee['rps_high'])}"
+             f"{'' if knee['converged'] else ' (interval not narrowed to the tolerance)'}",
+             "",
+             f"at the target {f['target_rps']:.1f}/s:",
+             f"  {'service':<14}{'replicas':>9}{'utilisation':>22}{'headroom':>10}"
+             f"{'saturates at':>14}{'proposed':>10}"]
+    for r in result.services.itertuples():
+        mark = "  <- bottleneck" if r.bottleneck else ""
+        planned = r.replicas_proposed
+        proposed = "-" if planned != planned else f"{planned:.0f}"
+        util = (f"{r.utilisation_mean:.1%} [{r.utilisation_ci_low:.1%}, "
+                f"{r.utilisation_ci_high:.1%}]")
+        lines.append(f"  {r.service:<14}{r.replicas:>9}{util:>22}{r.headroom:>10.1%}"
+                     f"{_rps(r.saturation_rps):>14}{proposed:>10}{mark}")
+    if f["replica_plan"]:
+        lines.append(f"replica plan for {f['plan_rps']:.1f}/s (target + {f['margin']:.0%}): "
+                     + ", ".join(f"{s}={n}" for s, n in f["replica_plan"].items())
+                     + f"; SLOs {f['plan_verdict']} with it")
+    if len(result.failures):
+        lines += ["", "N-1 at the target (one pod lost):"]
+        for r in result.failures.itertuples():
+            lines.append(f"  {r.service:<14}{r.replicas}->{r.replicas_after}  p99 "
+                         f"{r.latency_p99_mean * 1e3:.0f}ms  success {r.success_rate_mean:.2%}"
+                         f"  {r.verdict}")
+        lines.append("no slack: " + (", ".join(f["no_slack"]) or "none"))
+    return "\n".join(lines)
+
+
+def _rps(x: float) -> str:
+    return f"{x:.1f}/s" if math.isfinite(x) else "no load tested"
