@@ -368,20 +368,21 @@ def capacity(
     seeds = [int(c.generate_state(1)[0])
              for c in np.random.SeedSequence(root).spawn(max_replications)]
     now = {name: s.replicas for name, s in sc.services.items()}
+    per_second = base if base > 0 else math.nan  # closed-loop clients only: factors, no rates
 
     with _pool(executor, workers) as pool:
         runner = _Runner(sc, constraints, replications, max_replications, seeds, pool, level)
         knee, load = _knee_search(runner, constraints, now, max_loads, tolerance,
                                   start=target_factor)
         at_target = runner.summarise([(target_factor, now)]).iloc[0]
-        services = _services(sc, at_target, target_factor * base)
+        services = _services(sc, at_target, target_factor * per_second)
         plan_factor = target_factor * (1 + margin)
         proposed, plan_verdict = (_plan(runner, constraints, services, plan_factor,
                                         target_factor)
                                   if plan else ({}, None))
         fail = _failures(runner, constraints, sc, target_factor) if failures else _no_failures()
     services["replicas_proposed"] = [proposed.get(s, np.nan) for s in services["service"]]
-    load["offered_rps"] = load["load_factor"] * base if base > 0 else np.nan
+    load["offered_rps"] = load["load_factor"] * per_second
     knee_rows = load[np.isclose(load["load_factor"], knee["factor_estimate"])]
     near = load.iloc[(load["load_factor"] - knee["factor_estimate"]).abs().argsort()[:1]]
     at_knee = knee_rows.iloc[0] if len(knee_rows) else near.iloc[0]
@@ -389,11 +390,11 @@ def capacity(
         "scenario": sc.name, "seed": root, "replications": replications, "level": level,
         "slos": [c.text for c in constraints],
         "base_rps": base, "base_rps_by_client": by_client,
-        "target_rps": target_factor * base, "target_factor": target_factor, "margin": margin,
-        "plan_rps": plan_factor * base,
-        "knee": {**knee, "rps_low": knee["factor_low"] * base,
-                 "rps_high": knee["factor_high"] * base,
-                 "rps_estimate": knee["factor_estimate"] * base,
+        "target_rps": target_factor * per_second, "target_factor": target_factor,
+        "margin": margin, "plan_rps": plan_factor * per_second,
+        "knee": {**knee, "rps_low": knee["factor_low"] * per_second,
+                 "rps_high": knee["factor_high"] * per_second,
+                 "rps_estimate": knee["factor_estimate"] * per_second,
                  "rps_by_client": {c: r * knee["factor_estimate"] for c, r in by_client.items()}},
         "bottleneck": _bottleneck(services),
         "replica_plan": proposed,
@@ -537,9 +538,7 @@ def format_capacity(result: CapacityResult) -> str:
              f"per load, {level} intervals",
              f"offered load as written: {f['base_rps']:.1f}/s",
              "",
-             f"knee: {knee['rps_estimate']:.1f}/s (x{knee['factor_estimate']:.3g}); met with "
-             f"confidence up to {knee['rps_low']:.1f}/s, missed from {_rps(knee['rps_high'])}"
-             f"{'' if knee['converged'] else ' (interval not narrowed to the tolerance)'}",
+             _knee_line(knee, f["base_rps"] > 0),
              "",
              f"at the target {f['target_rps']:.1f}/s:",
              f"  {'service':<14}{'replicas':>9}{'utilisation':>22}{'headroom':>10}"
@@ -566,5 +565,18 @@ def format_capacity(result: CapacityResult) -> str:
     return "\n".join(lines)
 
 
-def _rps(x: float) -> str:
-    return f"{x:.1f}/s" if math.isfinite(x) else "no load tested"
+def _knee_line(knee: Mapping[str, Any], rates: bool) -> str:
+    low, high = knee["factor_low"], knee["factor_high"]
+    if rates:  # an open-loop client: the knee in requests per second
+        text = (f"knee: {knee['rps_estimate']:.1f}/s (x{knee['factor_estimate']:.3g}); met with "
+                f"confidence up to {knee['rps_low']:.1f}/s, missed from "
+                f"{_rps(knee['rps_high'], 'no load tested')}")
+    else:  # closed-loop clients only: load factors (users x m)
+        text = (f"knee: load factor x{knee['factor_estimate']:.3g}; met with confidence up to "
+                f"x{low:.3g}, missed from "
+                f"{f'x{high:.3g}' if math.isfinite(high) else 'no load tested'}")
+    return text + ("" if knee["converged"] else " (interval not narrowed to the tolerance)")
+
+
+def _rps(x: float, otherwise: str = "-") -> str:
+    return f"{x:.1f}/s" if math.isfinite(x) else otherwise

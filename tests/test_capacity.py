@@ -16,6 +16,7 @@ from meshsim.capacity import (
     MET,
     MISSED,
     UNCERTAIN,
+    format_capacity,
     judge,
     judge_all,
     next_factor,
@@ -210,3 +211,19 @@ def test_cli_refuses_a_foreign_out_dir(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "does not look like a meshsim output directory" in capsys.readouterr().err
+
+
+def test_closed_loop_clients_give_load_factors_not_rates():
+    sc = meshsim.parse_scenario({
+        "duration": "30s", "warmup": "5s",
+        "services": {"api": {"replicas": 2, "workers": 2,
+                             "latency": {"kind": "exponential", "mean": "100ms"}}},
+        "workload": [{"client": "u", "entry": "api", "viaIngress": False,
+                      "arrival": {"kind": "closed", "users": 4, "thinkTime": "1s"}}]})
+    result = meshsim.capacity(sc, ["p99<500ms"], replications=2, max_loads=3, plan=False,
+                              executor="serial")
+    assert result.figures["base_rps"] == 0
+    assert math.isnan(result.knee["rps_estimate"])
+    assert result.knee["loads_tested"] == 3
+    assert result.knee["factor_estimate"] > 0
+    assert "knee: load factor x" in format_capacity(result)
