@@ -43,6 +43,9 @@ Columns of ``failures.csv`` (one row per service with at least 2 replicas): ``se
 ``replicas``, ``replicas_after``, ``utilisation_mean`` (of that service, after),
 ``success_rate_mean``, ``success_rate_ci_low``, ``success_rate_ci_high``,
 ``latency_p99_mean``, ``latency_p99_ci_low``, ``latency_p99_ci_high``, ``verdict``.
+
+``runs.csv`` has every run of the search (a sweep's row, plus ``<service>: utilisation`` and
+``<service>: queue_wait_mean``); ``scenario.resolved.yaml`` the scenario as searched.
 """
 
 from __future__ import annotations
@@ -481,11 +484,11 @@ def _plan(runner: _Runner, slos: Sequence[Constraint], services: pd.DataFrame,
     measured at load factor ``measured_at`` and is scaled in proportion to the load."""
     plan: dict[str, int] = {}
     for row in services.sort_values("utilisation_mean", ascending=False).itertuples():
-        busy = row.utilisation_mean * factor / measured_at
+        busy = _share(row.utilisation_mean) * factor / measured_at
         plan[row.service] = max(row.replicas, math.ceil(busy * row.replicas / 0.5))
     for row in services.sort_values("utilisation_mean", ascending=False).itertuples():
         name = row.service
-        busy = row.utilisation_mean * factor / measured_at
+        busy = _share(row.utilisation_mean) * factor / measured_at
         floor = max(1, math.ceil(busy * row.replicas) - 1)
         candidates = list(range(min(floor, plan[name]), plan[name] + 1))
         settings = [(factor, {**plan, name: r}) for r in candidates]
@@ -497,6 +500,11 @@ def _plan(runner: _Runner, slos: Sequence[Constraint], services: pd.DataFrame,
             chosen = r
         plan[name] = chosen
     return plan, str(runner.decide([(factor, plan)]).iloc[0]["verdict"])
+
+
+def _share(u: float) -> float:
+    """A utilisation, 0 for a service no request reached (NaN)."""
+    return u if u == u else 0.0
 
 
 def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
