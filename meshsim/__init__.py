@@ -16,6 +16,8 @@ The public API::
     tuned = meshsim.tune(scenario, {"mesh.destinationRules.cart.trafficPolicy.connectionPool"
                                     ".tcp.maxConnections": (8, 64)}, constraints=["p99<300ms"])
     print(tuned.snippet)  # the best setting as Istio resources (needs meshsim[tune])
+    plan = meshsim.capacity(scenario, ["p99<800ms", "success>=98%"], target_rps=2000)
+    plan.knee, plan.bottleneck, plan.replica_plan  # the highest load, with its interval
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .capacity import CapacityResult, capacity
 from .compare import Comparison, compare
 from .errors import ScenarioError
 from .result import Result
@@ -32,12 +35,14 @@ from .sweep import evaluate, sweep, sweep_summary
 from .tune import TuneResult, tune
 
 __all__ = [
+    "CapacityResult",
     "Comparison",
     "Result",
     "Scenario",
     "ScenarioError",
     "TuneResult",
     "__version__",
+    "capacity",
     "compare",
     "evaluate",
     "load_scenario",

@@ -1,4 +1,5 @@
-"""The ``meshsim`` command line: validate, run, compare, schema, export, tune, report.
+"""The ``meshsim`` command line: validate, run, compare, sweep, tune, capacity, report, schema,
+export.
 
 Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 internal error, 130 when
 interrupted. The CLI only maps arguments to the Python API.
@@ -128,6 +129,32 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("directory", metavar="DIR")
     rp.add_argument("-o", "--out", required=True, metavar="FILE",
                     help="the HTML file to write (atomically)")
+    cap = sub.add_parser("capacity", help="the highest load that meets SLOs, utilisation and "
+                         "headroom per service, and a replica plan")
+    cap.add_argument("file", metavar="FILE")
+    cap.add_argument("--slo", dest="slos", action="append", default=[], required=True,
+                     metavar="EXPR", help="e.g. 'p99<300ms' or 'success>=99.9%%', judged end to "
+                     "end on the replication mean's confidence interval; repeatable")
+    cap.add_argument("--target-rps", metavar="RATE",
+                     help="total offered rate to plan for, e.g. 2000 or 2000/s (default: the "
+                     "scenario's own load)")
+    cap.add_argument("--margin", default="20%", metavar="PCT",
+                     help="the plan must meet the SLOs at the target plus this (default 20%%)")
+    cap.add_argument("--failures", choices=("n-1",),
+                     help="n-1: also lose one pod per service at the target")
+    cap.add_argument("--replications", type=_positive, default=5, metavar="N",
+                     help="runs per tested setting, at least 2 (default 5)")
+    cap.add_argument("--max-loads", type=_positive, default=12, metavar="N",
+                     help="loads the knee search may test (default 12)")
+    cap.add_argument("--seed", type=_seed, help="root of the seeds (default: the scenario's)")
+    cap.add_argument("--workers", type=_positive, metavar="N",
+                     help="processes running the simulations (default: the CPU count)")
+    cap.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="PATH=VALUE",
+                     help="override a field in every run, e.g. --set duration=30s (repeatable)")
+    cap.add_argument("--out", metavar="DIR", help="write capacity.json, load.csv, "
+                     "services.csv, failures.csv, runs.csv and scenario.resolved.yaml into DIR "
+                     "(atomically)")
 
     s = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     s.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
@@ -509,7 +536,44 @@ def _tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    from .capacity import CAPACITY_MARKER, capacity, format_capacity, write_capacity
+    from .output import OutputError, check_out_dir
+    from .scenario import load_scenario, parse_overrides
+    from .tune_space import TuneError, parse_constraint
+    from .units import parse_percent, parse_rate
+
+    scenario = load_scenario(args.file)
+    try:
+        if args.overrides:
+            scenario = scenario.with_overrides(parse_overrides(args.overrides), "--set")
+        slos = [parse_constraint(text) for text in args.slos]
+        try:
+            target = None if args.target_rps is None else parse_rate(args.target_rps)
+        except ValueError as exc:
+            raise ValueError(f"--target-rps: {exc}") from None
+        try:
+            margin = parse_percent(args.margin) / 100
+        except ValueError as exc:
+            raise ValueError(f"--margin: {exc}") from None
+        if args.out:
+            check_out_dir(args.out, CAPACITY_MARKER)  # before the work, not after it
+        result = capacity(scenario, slos, target_rps=target, margin=margin,
+                          failures=args.failures == "n-1", replications=args.replications,
+                          max_loads=args.max_loads, seed=args.seed, workers=args.workers)
+        if args.out:
+            write_capacity(result, args.out)
+    except (TuneError, OutputError, ValueError) as exc:
+        print(f"meshsim capacity: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(format_capacity(result))
+    if args.out:
+        print(f"\ncapacity.json, load.csv, services.csv and failures.csv written to {args.out}")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "capacity": _capacity,
     "validate": _validate,
     "report": _report,
     "run": _run,
