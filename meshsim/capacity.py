@@ -1,6 +1,6 @@
 """Capacity planning: the highest load a scenario sustains under its SLOs, the utilisation and
 headroom of each service at a target rate, the fewest replicas that meet the SLOs there, and the
-same with one pod lost per service (N-1).
+same with one pod lost per service (N-1) or under a declared fault set (variants).
 
 Load is scaled by a *load factor* ``m``: every client sends ``m`` times its load (an open-loop
 client's rate at every instant of its profile, a closed-loop client's users), as a whole-run
@@ -25,7 +25,8 @@ estimate split by client), ``converged`` (bool), ``loads_tested``}), ``bottlenec
 ``services`` (list of the rows of ``services.csv``), ``replica_plan`` ({service: replicas}),
 ``plan_verdict`` (``met``/``missed``/``uncertain`` at ``plan_rps`` with every service at its
 proposed replicas), ``failures`` (list of the rows of ``failures.csv``), ``no_slack``
-(services whose N-1 misses or is uncertain), ``policy_effect`` ({``amplification_at_knee``,
+(services whose N-1 misses or is uncertain), ``fault_variants_missed`` (variants of the
+declared fault set that miss or are uncertain), ``policy_effect`` ({``amplification_at_knee``,
 ``wasted_work_at_knee``}).
 
 Columns of ``load.csv`` (one row per tested load): ``load_factor``, ``offered_rps``,
@@ -39,8 +40,9 @@ Columns of ``services.csv`` (one row per service, at ``target_rps``): ``service`
 (``target_rps / utilisation_mean``: where its workers would be all busy if busy time grows in
 proportion to load), ``queue_wait_mean`` (s), ``bottleneck`` (bool), ``replicas_proposed``.
 
-Columns of ``failures.csv`` (one row per service with at least 2 replicas): ``service``,
-``replicas``, ``replicas_after``, ``utilisation_mean`` (of that service, after),
+Columns of ``failures.csv`` (one row per service with at least 2 replicas for N-1, then one
+per variant of the declared fault set): ``failure`` (``n-1`` or the variant), ``service`` (``-``
+for a variant), ``replicas``, ``replicas_after``, ``utilisation_mean`` (of that service, after),
 ``success_rate_mean``, ``success_rate_ci_low``, ``success_rate_ci_high``,
 ``latency_p99_mean``, ``latency_p99_ci_low``, ``latency_p99_ci_high``, ``verdict``.
 
@@ -50,6 +52,7 @@ Columns of ``failures.csv`` (one row per service with at least 2 replicas): ``se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -65,9 +68,10 @@ import pandas as pd
 from . import output
 from .arrivals import PoissonArrivals
 from .compare import headline
+from .errors import unknown_name
 from .faults import LoadSpikeFault
 from .metrics import END_TO_END
-from .scenario import Scenario, load_scenario
+from .scenario import BASELINE, Scenario, load_scenario
 from .sweep import _Task, executor_pool, sweep_summary
 from .tune_space import Constraint, parse_constraint
 
@@ -174,8 +178,11 @@ class _Runner:
     pool: Any
     level: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    variant: str = BASELINE
     _points: dict[tuple, int] = field(default_factory=dict)
     _done: dict[int, int] = field(default_factory=dict)
+    #: Runners of other variants sharing this one's pool and seeds (a declared fault set).
+    others: list[_Runner] = field(default_factory=list)
 
     def summarise(self, settings: Sequence[tuple[float, Mapping[str, int]]],
                   replications: int | None = None) -> pd.DataFrame:
@@ -196,7 +203,7 @@ class _Runner:
             sc = scaled(base, factor)
             values = (("load_factor", float(factor)),
                       *((f"services.{s}.replicas", int(r)) for s, r in key[1]))
-            tasks += [_Task(point, "baseline", values, r, self.seeds[r], sc)
+            tasks += [_Task(point, self.variant, values, r, self.seeds[r], sc)
                       for r in range(have, want)]
             self._done[point] = want
         self.rows += list(self.pool(tasks))
@@ -302,6 +309,7 @@ def capacity(
     target_rps: float | None = None,
     margin: float = 0.2,
     failures: bool = False,
+    fault_variants: Sequence[str] = (),
     plan: bool = True,
     replications: int = 5,
     max_replications: int | None = None,
@@ -327,6 +335,9 @@ def capacity(
         The plan must meet the SLOs at ``target_rps * (1 + margin)``.
     failures : bool
         Also run N-1: each service with 2 or more replicas loses one, at ``target_rps``.
+    fault_variants : list of str
+        A declared fault set: each of these variants of the scenario (its ``faults``, say)
+        runs at ``target_rps`` with today's replicas, as N-1 does.
     plan : bool
         Search the fewest replicas per service (the slowest part).
     replications : int
@@ -370,6 +381,9 @@ def capacity(
     # spawn(n)[:r] == spawn(r): extra replications extend the common random numbers.
     seeds = [int(c.generate_state(1)[0])
              for c in np.random.SeedSequence(root).spawn(max_replications)]
+    for v in fault_variants:
+        if v not in sc.variants:
+            raise ValueError(f"fault variants: {unknown_name(v, set(sc.variants), 'variant')}")
     now = {name: s.replicas for name, s in sc.services.items()}
     per_second = base if base > 0 else math.nan  # closed-loop clients only: factors, no rates
 
@@ -384,6 +398,11 @@ def capacity(
                                         target_factor)
                                   if plan else ({}, None))
         fail = _failures(runner, constraints, sc, target_factor) if failures else _no_failures()
+        if fault_variants:
+            fail = pd.concat([df for df in (fail, _fault_set(runner, fault_variants, sc,
+                                                             target_factor)) if len(df)],
+                             ignore_index=True)
+            fail = fail if len(fail) else _no_failures()
     services["replicas_proposed"] = [proposed.get(s, np.nan) for s in services["service"]]
     load["offered_rps"] = load["load_factor"] * per_second
     knee_rows = load[np.isclose(load["load_factor"], knee["factor_estimate"])]
@@ -403,11 +422,13 @@ def capacity(
         "replica_plan": proposed,
         "plan_verdict": plan_verdict,
         "no_slack": [r["service"] for r in fail.to_dict(orient="records")
-                     if r["verdict"] != MET],
+                     if r["verdict"] != MET and r["failure"] == "n-1"],
+        "fault_variants_missed": [r["failure"] for r in fail.to_dict(orient="records")
+                                  if r["verdict"] != MET and r["failure"] != "n-1"],
         "policy_effect": {"amplification_at_knee": float(at_knee["amplification_mean"]),
                           "wasted_work_at_knee": float(at_knee["wasted_work_mean"])},
     }
-    runs = pd.DataFrame(runner.rows)
+    runs = pd.DataFrame(runner.rows + [row for r in runner.others for row in r.rows])
     return CapacityResult(sc, figures, _load_table(load), services, fail, runs)
 
 
@@ -517,6 +538,7 @@ def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
     rows = []
     for name, (_, row) in zip(names, summary.iterrows(), strict=True):
         rows.append({
+            "failure": "n-1",
             "service": name, "replicas": now[name], "replicas_after": now[name] - 1,
             "utilisation_mean": float(row[f"{name}: utilisation_mean"]),
             **{f"{m}_{k}": float(row[f"{m}_{k}"])
@@ -526,8 +548,29 @@ def _failures(runner: _Runner, slos: Sequence[Constraint], sc: Scenario,
     return pd.DataFrame(rows)
 
 
+def _fault_set(runner: _Runner, variants: Sequence[str], sc: Scenario,
+               factor: float) -> pd.DataFrame:
+    """Each variant at the target with today's replicas: its end-to-end figures and verdict,
+    on the same seeds as the rest of the search."""
+    now = {name: s.replicas for name, s in sc.services.items()}
+    rows = []
+    for v in variants:
+        other = dataclasses.replace(runner, scenario=sc.variant(v), rows=[], _points={},
+                                    _done={}, others=[], variant=v)
+        runner.others.append(other)
+        row = other.decide([(factor, now)]).iloc[0]
+        rows.append({
+            "failure": v, "service": "-", "replicas": np.nan, "replicas_after": np.nan,
+            "utilisation_mean": np.nan,
+            **{f"{m}_{k}": float(row[f"{m}_{k}"])
+               for m in ("success_rate", "latency_p99") for k in ("mean", "ci_low", "ci_high")},
+            "verdict": row["verdict"],
+        })
+    return pd.DataFrame(rows)
+
+
 def _no_failures() -> pd.DataFrame:
-    cols = ["service", "replicas", "replicas_after", "utilisation_mean",
+    cols = ["failure", "service", "replicas", "replicas_after", "utilisation_mean",
             *(f"{m}_{k}" for m in ("success_rate", "latency_p99")
               for k in ("mean", "ci_low", "ci_high")), "verdict"]
     return pd.DataFrame(columns=cols)
@@ -563,13 +606,20 @@ def format_capacity(result: CapacityResult) -> str:
         lines.append(f"replica plan for {f['plan_rps']:.1f}/s (target + {f['margin']:.0%}): "
                      + ", ".join(f"{s}={n}" for s, n in f["replica_plan"].items())
                      + f"; SLOs {f['plan_verdict']} with it")
-    if len(result.failures):
+    n_1 = result.failures[result.failures["failure"] == "n-1"]
+    declared = result.failures[result.failures["failure"] != "n-1"]
+    if len(n_1):
         lines += ["", "N-1 at the target (one pod lost):"]
-        for r in result.failures.itertuples():
+        for r in n_1.itertuples():
             lines.append(f"  {r.service:<14}{r.replicas}->{r.replicas_after}  p99 "
                          f"{r.latency_p99_mean * 1e3:.0f}ms  success {r.success_rate_mean:.2%}"
                          f"  {r.verdict}")
         lines.append("no slack: " + (", ".join(f["no_slack"]) or "none"))
+    if len(declared):
+        lines += ["", "Declared faults at the target (variants):"]
+        for r in declared.itertuples():
+            lines.append(f"  {r.failure:<20} p99 {r.latency_p99_mean * 1e3:.0f}ms  success "
+                         f"{r.success_rate_mean:.2%}  {r.verdict}")
     return "\n".join(lines)
 
 

@@ -140,8 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                      "scenario's own load)")
     cap.add_argument("--margin", default="20%", metavar="PCT",
                      help="the plan must meet the SLOs at the target plus this (default 20%%)")
-    cap.add_argument("--failures", choices=("n-1",),
-                     help="n-1: also lose one pod per service at the target")
+    cap.add_argument("--failures", action="append", default=[], metavar="n-1|VARIANT",
+                     help="n-1: also lose one pod per service at the target; a variant of "
+                     "the scenario (its faults): also run it at the target (repeatable)")
     cap.add_argument("--replications", type=_positive, default=5, metavar="N",
                      help="runs per tested setting, at least 2 (default 5)")
     cap.add_argument("--max-loads", type=_positive, default=12, metavar="N",
@@ -559,7 +560,9 @@ def _capacity(args: argparse.Namespace) -> int:
         if args.out:
             check_out_dir(args.out, CAPACITY_MARKER)  # before the work, not after it
         result = capacity(scenario, slos, target_rps=target, margin=margin,
-                          failures=args.failures == "n-1", replications=args.replications,
+                          failures="n-1" in args.failures,
+                          fault_variants=[f for f in args.failures if f != "n-1"],
+                          replications=args.replications,
                           max_loads=args.max_loads, seed=args.seed, workers=args.workers)
         if args.out:
             write_capacity(result, args.out)

@@ -227,3 +227,34 @@ def test_closed_loop_clients_give_load_factors_not_rates():
     assert result.knee["loads_tested"] == 3
     assert result.knee["factor_estimate"] > 0
     assert "knee: load factor x" in format_capacity(result)
+
+
+def test_a_declared_fault_set_is_judged_at_the_target(tmp_path, capsys):
+    """Each named variant (its faults) runs at the target with today's replicas, on the same
+    seeds: a burst of errors misses the success SLO, a harmless variant meets it."""
+    text = (SCENARIOS / "mmc.yaml").read_text(encoding="utf-8") + """
+variants:
+  error-burst:
+    faults: [{kind: errors, target: api, rate: 20%, start: 20s, end: 80s}]
+  one-more-worker: {services.api.workers: 5}
+"""
+    path = tmp_path / "mmc-faults.yaml"
+    path.write_text(text)
+    out = tmp_path / "cap"
+    assert main(["capacity", str(path), "--slo", "success>=99%", *MM2_SET,
+                 "--replications", "3", "--max-loads", "3", "--workers", "1",
+                 "--failures", "error-burst", "--failures", "one-more-worker",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Declared faults at the target" in printed
+    failures = pd.read_csv(out / "failures.csv").set_index("failure")
+    assert failures.loc["error-burst", "verdict"] == MISSED
+    assert failures.loc["error-burst", "success_rate_mean"] < 0.9
+    assert failures.loc["one-more-worker", "verdict"] == MET
+    figures = json.loads((out / "capacity.json").read_text())
+    assert figures["fault_variants_missed"] == ["error-burst"]
+    runs = pd.read_csv(out / "runs.csv")
+    assert {"baseline", "error-burst", "one-more-worker"} <= set(runs["variant"])
+    assert main(["capacity", str(path), "--slo", "success>=99%", *MM2_SET,
+                 "--failures", "eror-burst", "--workers", "1"]) == 2
+    assert "did you mean 'error-burst'" in capsys.readouterr().err
