@@ -27,7 +27,9 @@ estimate split by client), ``converged`` (bool), ``loads_tested``}), ``bottlenec
 proposed replicas), ``failures`` (list of the rows of ``failures.csv``), ``no_slack``
 (services whose N-1 misses or is uncertain), ``fault_variants_missed`` (variants of the
 declared fault set that miss or are uncertain), ``policy_effect`` ({``amplification_at_knee``,
-``wasted_work_at_knee``}).
+``wasted_work_at_knee``, and with ``retries_effect``: ``knee_without_retries_rps``,
+``knee_without_retries_low``, ``knee_without_retries_high``, ``knee_without_retries_factor``,
+``retries_cost``}).
 
 Columns of ``load.csv`` (one row per tested load): ``load_factor``, ``offered_rps``,
 ``replications``, then ``M_mean``, ``M_ci_low``, ``M_ci_high`` for ``M`` in ``throughput``
@@ -310,6 +312,7 @@ def capacity(
     margin: float = 0.2,
     failures: bool = False,
     fault_variants: Sequence[str] = (),
+    retries_effect: bool = False,
     plan: bool = True,
     replications: int = 5,
     max_replications: int | None = None,
@@ -338,6 +341,10 @@ def capacity(
     fault_variants : list of str
         A declared fault set: each of these variants of the scenario (its ``faults``, say)
         runs at ``target_rps`` with today's replicas, as N-1 does.
+    retries_effect : bool
+        Also search the knee with every retry switched off (each route's ``retries:
+        {attempts: 0}``, gateways' included), to tell how much capacity the retries cost (or
+        buy): ``policy_effect.retries_cost`` is ``1 - knee / knee without retries``.
     plan : bool
         Search the fewest replicas per service (the slowest part).
     replications : int
@@ -397,6 +404,14 @@ def capacity(
         proposed, plan_verdict = (_plan(runner, constraints, services, plan_factor,
                                         target_factor)
                                   if plan else ({}, None))
+        no_retries = None
+        if retries_effect:
+            no_retries = dataclasses.replace(
+                runner, scenario=without_retries(sc), rows=[], _points={}, _done={}, others=[],
+                variant="no-retries")
+            runner.others.append(no_retries)
+            knee_free, _ = _knee_search(no_retries, constraints, now, max_loads, tolerance,
+                                        start=target_factor)
         fail = _failures(runner, constraints, sc, target_factor) if failures else _no_failures()
         if fault_variants:
             fail = pd.concat([df for df in (fail, _fault_set(runner, fault_variants, sc,
@@ -426,7 +441,9 @@ def capacity(
         "fault_variants_missed": [r["failure"] for r in fail.to_dict(orient="records")
                                   if r["verdict"] != MET and r["failure"] != "n-1"],
         "policy_effect": {"amplification_at_knee": float(at_knee["amplification_mean"]),
-                          "wasted_work_at_knee": float(at_knee["wasted_work_mean"])},
+                          "wasted_work_at_knee": float(at_knee["wasted_work_mean"]),
+                          **(_retries_effect(knee, knee_free, per_second)
+                             if no_retries is not None else {})},
     }
     runs = pd.DataFrame(runner.rows + [row for r in runner.others for row in r.rows])
     return CapacityResult(sc, figures, _load_table(load), services, fail, runs)
@@ -463,6 +480,39 @@ def _knee_search(runner: _Runner, slos: Sequence[Constraint], replicas: Mapping[
     converged = bool(np.isfinite(high) and high - low <= 2 * tolerance * max(low, 1e-12))
     return ({"factor_low": low, "factor_high": high, "factor_estimate": estimate,
              "converged": converged, "loads_tested": len(load)}, load)
+
+
+def without_retries(sc: Scenario) -> Scenario:
+    """The scenario with no retries anywhere: every route of the mesh and of the gateways to
+    every service and external host gets ``retries: {attempts: 0}`` (Istio's "no retry
+    policy"), which also switches off Istio's default of 2 retries."""
+    overrides: dict[str, Any] = {}
+    hosts = [*sc.services, *sc.external_services]
+    blocks = [("mesh", sc.mesh.virtual_services)]
+    blocks.append(("mesh.ingressGateway", sc.mesh.ingress_gateway.virtual_services))
+    if sc.mesh.egress_gateway is not None:
+        blocks.append(("mesh.egressGateway", sc.mesh.egress_gateway.virtual_services))
+    for where, services in blocks:
+        for host in hosts:
+            vs = services.get(host)
+            if vs is None:
+                overrides[f"{where}.virtualServices.{host}"] = {
+                    "http": [{"retries": {"attempts": 0}}]}
+            else:
+                overrides[f"{where}.virtualServices.{host}.http[0].retries"] = {"attempts": 0}
+    return sc.with_overrides(overrides, "without retries")
+
+
+def _retries_effect(knee: Mapping[str, Any], free: Mapping[str, Any],
+                    per_second: float) -> dict[str, Any]:
+    """What the retries cost at the knee: the knee without them, and the share of it lost."""
+    with_, without = knee["factor_estimate"], free["factor_estimate"]
+    cost = 1 - with_ / without if without > 0 else math.nan
+    return {"knee_without_retries_rps": without * per_second,
+            "knee_without_retries_factor": without,
+            "knee_without_retries_low": free["factor_low"] * per_second,
+            "knee_without_retries_high": free["factor_high"] * per_second,
+            "retries_cost": cost}
 
 
 def _load_table(load: pd.DataFrame) -> pd.DataFrame:
@@ -620,6 +670,16 @@ def format_capacity(result: CapacityResult) -> str:
         for r in declared.itertuples():
             lines.append(f"  {r.failure:<20} p99 {r.latency_p99_mean * 1e3:.0f}ms  success "
                          f"{r.success_rate_mean:.2%}  {r.verdict}")
+    effect = f["policy_effect"]
+    if "retries_cost" in effect:
+        cost = effect["retries_cost"]
+        rates = f["base_rps"] > 0
+        without = (f"{effect['knee_without_retries_rps']:.1f}/s" if rates
+                   else f"x{effect['knee_without_retries_factor']:.2f}")
+        verb = "cost" if cost >= 0 else "add"
+        lines += ["", f"retries {verb} {abs(cost):.0%} of the capacity at the knee (without "
+                  f"them the knee is at {without}; {effect['amplification_at_knee']:.2f} "
+                  "attempts per request at the knee with them)"]
     return "\n".join(lines)
 
 

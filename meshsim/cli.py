@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--failures", action="append", default=[], metavar="n-1|VARIANT",
                      help="n-1: also lose one pod per service at the target; a variant of "
                      "the scenario (its faults): also run it at the target (repeatable)")
+    cap.add_argument("--retries-effect", action="store_true",
+                     help="also find the knee with every retry off: what retries cost in "
+                     "capacity")
     cap.add_argument("--replications", type=_positive, default=5, metavar="N",
                      help="runs per tested setting, at least 2 (default 5)")
     cap.add_argument("--max-loads", type=_positive, default=12, metavar="N",
@@ -562,6 +565,7 @@ def _capacity(args: argparse.Namespace) -> int:
         result = capacity(scenario, slos, target_rps=target, margin=margin,
                           failures="n-1" in args.failures,
                           fault_variants=[f for f in args.failures if f != "n-1"],
+                          retries_effect=args.retries_effect,
                           replications=args.replications,
                           max_loads=args.max_loads, seed=args.seed, workers=args.workers)
         if args.out:

@@ -258,3 +258,41 @@ variants:
     assert main(["capacity", str(path), "--slo", "success>=99%", *MM2_SET,
                  "--failures", "eror-burst", "--workers", "1"]) == 2
     assert "did you mean 'error-burst'" in capsys.readouterr().err
+
+
+def test_without_retries_switches_off_every_retry():
+    from meshsim.capacity import without_retries
+
+    shop = meshsim.load_scenario(SCENARIOS / "shop.yaml")
+    free = without_retries(shop)
+    for host in [*shop.services, *shop.external_services]:
+        assert free.http_route(host).retries.attempts == 0
+        assert free.http_route(host, "ingress").retries.attempts == 0
+    # A route the scenario wrote keeps everything but its retries.
+    for host, vs in shop.mesh.virtual_services.items():
+        assert free.http_route(host).timeout == vs.http[0].timeout
+
+
+def test_the_retries_cost_at_the_knee(tmp_path, capsys):
+    """api fails 20% of its requests (503) and the ingress gateway retries them on 5xx: every
+    request costs api 1/(1 − 0.2) = 1.25 tries, 20 % more work, and a retried request also
+    waits longer, so under a latency SLO the knee with retries is lower than without them by
+    more than 1 − 1/1.25 = 20 %."""
+    text = (SCENARIOS / "mmc.yaml").read_text(encoding="utf-8").replace(
+        "mesh:\n", "mesh:\n  ingressGateway:\n    virtualServices:\n"
+        "      api: {http: [{retries: {attempts: 5, retryOn: 5xx}}]}\n")
+    path = tmp_path / "retrying.yaml"
+    path.write_text(text)
+    out = tmp_path / "cap"
+    assert main(["capacity", str(path), "--slo", "p99<1s", *MM2_SET,
+                 "--set", "services.api.errors={rate: 20%, status: 503}",
+                 "--set", "workload[0].viaIngress=true",
+                 "--replications", "3", "--max-loads", "6", "--workers", "1",
+                 "--retries-effect", "--out", str(out)]) == 0
+    assert "retries cost" in capsys.readouterr().out
+    effect = json.loads((out / "capacity.json").read_text())["policy_effect"]
+    assert 0.2 < effect["retries_cost"] < 0.6
+    # Two hops per request (client -> ingress, ingress -> api), the second retried.
+    assert effect["amplification_at_knee"] == pytest.approx(2.25, abs=0.1)
+    runs = pd.read_csv(out / "runs.csv")
+    assert {"baseline", "no-retries"} <= set(runs["variant"])
