@@ -74,7 +74,7 @@ from .errors import unknown_name
 from .faults import LoadSpikeFault
 from .metrics import END_TO_END
 from .scenario import BASELINE, Scenario, load_scenario
-from .sweep import _Task, executor_pool, sweep_summary
+from .sweep import Task, executor_pool, sweep_summary
 from .tune_space import Constraint, parse_constraint
 
 __all__ = ["CAPACITY_MARKER", "CapacityResult", "capacity", "format_capacity", "judge",
@@ -148,7 +148,7 @@ def next_factor(lo: float | None, hi: float | None, start: float) -> float:
 # --- running -------------------------------------------------------------------------------------
 
 
-def _measure(task: _Task) -> dict[str, Any]:
+def _measure(task: Task) -> dict[str, Any]:
     """One run reduced to a row: the headline figures and, per service, utilisation and wait."""
     from . import run
 
@@ -205,7 +205,7 @@ class _Runner:
             sc = scaled(base, factor)
             values = (("load_factor", float(factor)),
                       *((f"services.{s}.replicas", int(r)) for s, r in key[1]))
-            tasks += [_Task(point, self.variant, values, r, self.seeds[r], sc)
+            tasks += [Task(point, self.variant, values, r, self.seeds[r], sc)
                       for r in range(have, want)]
             self._done[point] = want
         self.rows += list(self.pool(tasks))
@@ -241,7 +241,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 @contextmanager
-def _pool(executor: Any, workers: int | None) -> Iterator[Callable[[list[_Task]], Any]]:
+def _pool(executor: Any, workers: int | None) -> Iterator[Callable[[list[Task]], Any]]:
     n = workers or os.cpu_count() or 1
     if executor == "serial" or (executor in (None, "processes") and n == 1):
         yield lambda tasks: map(_measure, tasks)

@@ -36,8 +36,8 @@ from .compare import headline
 from .metrics import END_TO_END
 from .scenario import BASELINE, Scenario, load_scenario
 
-__all__ = ["KEYS", "METRICS", "design_points", "evaluate", "executor_pool", "sweep",
-           "sweep_summary"]
+__all__ = ["KEYS", "METRICS", "Task", "design_points", "evaluate", "executor_pool", "run_task",
+           "sweep", "sweep_summary"]
 
 #: Columns that identify a row, before the parameters: the point, the variant.
 KEYS = ("point", "variant")
@@ -54,7 +54,9 @@ ScenarioLike = Scenario | str | os.PathLike
 
 
 @dataclass(frozen=True)
-class _Task:
+class Task:
+    """One run of a sweep: a resolved scenario and its seed, and where its row goes."""
+
     point: int
     variant: str
     values: tuple[tuple[str, Any], ...]
@@ -244,7 +246,7 @@ def evaluate(
 
 
 def _tasks(sc: Scenario, points: Sequence[Mapping[str, Any]], replications: int, root: int,
-           variants: Sequence[str], overrides: Mapping[str, Any]) -> list[_Task]:
+           variants: Sequence[str], overrides: Mapping[str, Any]) -> list[Task]:
     """Every run, resolved and checked here: a bad path or value fails before anything runs."""
     children = np.random.SeedSequence(root).spawn(replications)
     seeds = [int(c.generate_state(1)[0]) for c in children]
@@ -260,11 +262,11 @@ def _tasks(sc: Scenario, points: Sequence[Mapping[str, Any]], replications: int,
         for v in variants:
             resolved = bases[v].with_overrides(point, f"point {i}") if point else bases[v]
             values = tuple(point.items())
-            tasks += [_Task(i, v, values, r, seeds[r], resolved) for r in range(replications)]
+            tasks += [Task(i, v, values, r, seeds[r], resolved) for r in range(replications)]
     return tasks
 
 
-def run_task(task: _Task) -> dict[str, Any]:
+def run_task(task: Task) -> dict[str, Any]:
     """One run and its row (the unit of work a worker does)."""
     from . import run
 
@@ -278,11 +280,11 @@ def run_task(task: _Task) -> dict[str, Any]:
             "replication": task.replication, "seed": task.seed, **figures}
 
 
-def _run_batch(tasks: list[_Task]) -> list[dict[str, Any]]:
+def _run_batch(tasks: list[Task]) -> list[dict[str, Any]]:
     return [run_task(t) for t in tasks]
 
 
-def _execute(tasks: list[_Task], executor: Any, workers: int | None,
+def _execute(tasks: list[Task], executor: Any, workers: int | None,
              ) -> Iterator[list[dict[str, Any]]]:
     """Run the tasks, yielding each batch's rows as it finishes (in any order)."""
     if not tasks:
@@ -318,7 +320,7 @@ def _execute(tasks: list[_Task], executor: Any, workers: int | None,
             raise
 
 
-def _batches(tasks: list[_Task], each: float, workers: int) -> list[list[_Task]]:
+def _batches(tasks: list[Task], each: float, workers: int) -> list[list[Task]]:
     """``tasks`` in near-equal batches of at least BATCH_SECONDS of work (``each`` seconds a
     task), as many as possible, a multiple of ``workers`` when there are enough tasks."""
     least = math.ceil(BATCH_SECONDS / each)  # tasks in a batch of at least BATCH_SECONDS
