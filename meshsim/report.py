@@ -21,7 +21,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .capacity import CAPACITY_MARKER
 from .errors import ScenarioError
+from .output import COMPARISON_MARKER
 from .plots import DPI
 from .report_html import (
     HEADINGS,
@@ -38,15 +40,16 @@ from .report_html import (
     section,
 )
 from .scenario import Scenario, load_scenario
+from .sweep import SWEEP_MARKER
 
 __all__ = ["ReportError", "directory_kind", "report_html", "write_report"]
 
 #: The file that marks each kind of directory meshsim writes, in the order they are checked.
 MARKERS = {
-    "capacity": "capacity.json",
-    "sweep": "sweep.yaml",
-    "comparison": "table.csv",
-    "run": "summary.json",
+    "capacity": CAPACITY_MARKER,
+    "sweep": SWEEP_MARKER,
+    "comparison": COMPARISON_MARKER,
+    "run": "summary.json",  # what write_run's atomic_dir checks for
 }
 
 

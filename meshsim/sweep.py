@@ -48,7 +48,8 @@ METRICS = ("requests", "success_rate", "goodput", "latency_mean", "latency_p50",
 #: Seconds of simulation a batch of tasks should carry at least: less, and the cost of
 #: shipping a task to a worker shows; more, and the last batches leave workers idle.
 BATCH_SECONDS = 0.5
-_SPEC = "sweep.yaml"  # marks a directory a sweep wrote, and says which sweep
+#: The file that marks a directory a sweep wrote, and says which sweep.
+SWEEP_MARKER = "sweep.yaml"
 
 ScenarioLike = Scenario | str | os.PathLike
 
@@ -451,14 +452,14 @@ class _Store:
         self.parquet = output._has_pyarrow()
         self.batches = out / "batches"
         text = yaml.safe_dump(_plain(spec), sort_keys=False)
-        marker = out / _SPEC
+        marker = out / SWEEP_MARKER
         if out.exists() and any(out.iterdir()):
             if not marker.exists():
                 raise output.OutputError(f"{out} is not empty and was not written by a meshsim "
                                          "sweep; choose another directory")
             if marker.read_text(encoding="utf-8") != text:
                 raise output.OutputError(f"{out} holds the results of another sweep (its "
-                                         f"{_SPEC} differs); choose another directory")
+                                         f"{SWEEP_MARKER} differs); choose another directory")
         # The spec first: a sweep stopped in between leaves a directory it will know again.
         try:
             out.mkdir(parents=True, exist_ok=True)
